@@ -1,0 +1,48 @@
+"""geoseg: deep-learning segmentation of multispectral satellite imagery over
+whole regions, from STAC catalogs to COGs and GeoPackages.
+
+Public API (lazy imports keep ``import geoseg`` and the CLI fast):
+
+* :func:`geoseg.search` -- items of a STAC API or static catalog
+* :func:`geoseg.load` -- band-aware lazy stack on one target grid
+* :class:`geoseg.LoopbackServers` -- serve a static catalog for real on loopback
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "search": "geoseg.catalog",
+    "make_query": "geoseg.catalog",
+    "Query": "geoseg.catalog",
+    "load": "geoseg.load",
+    "resolve_bands": "geoseg.bands",
+    "LoopbackServers": "geoseg.serve",
+    "target_geobox": "geoseg.grid",
+    "to_region": "geoseg.region",
+    "write_cog": "geoseg.io",
+    "write_quicklook": "geoseg.quicklook",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'geoseg' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from geoseg.bands import resolve_bands
+    from geoseg.catalog import Query, make_query, search
+    from geoseg.grid import target_geobox
+    from geoseg.io import write_cog
+    from geoseg.load import load
+    from geoseg.quicklook import write_quicklook
+    from geoseg.region import to_region
+    from geoseg.serve import LoopbackServers

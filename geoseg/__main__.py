@@ -1,0 +1,1 @@
+import sys; from geoseg.cli import main; sys.exit(main())

@@ -1,0 +1,192 @@
+"""The ``geoseg`` command line.
+
+Every geoseg error is printed as one clear message (what was wrong, how to fix
+it) with no traceback, and the process exits with a code a scheduler can act
+on: 0 done, 1 failure, 2 bad input or configuration, 3 no data for the request.
+Set ``GEOSEG_DEBUG=1`` to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from geoseg.errors import GeosegError
+
+app = typer.Typer(
+    name="geoseg",
+    help="Segment multispectral satellite imagery over whole regions: STAC search, band-aware loading, "
+    "tiled inference, COGs and GeoPackages.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+SOURCE_HELP = "STAC API root URL, or path/URL of a static catalog.json / collection.json."
+REGION_HELP = "Area: 'minx,miny,maxx,maxy' in degrees, or a GeoJSON / GeoPackage path."
+DATETIME_HELP = "Date or interval: 2017, 2017-06, 2017-06-01, 2016-01-01/2017-12-31, ../2017-06."
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.command()
+def search(
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    region: Optional[str] = typer.Option(None, "--region", "--bbox", "-r", help=REGION_HELP),
+    datetime: Optional[str] = typer.Option(None, "--datetime", "-d", help=DATETIME_HELP),
+    collections: Optional[str] = typer.Option(None, "--collections", "-c", help="Comma-separated collection ids."),
+    max_cloud: Optional[float] = typer.Option(None, "--max-cloud", help="Largest eo:cloud_cover, percent."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Most items to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print the items as a GeoJSON FeatureCollection."),
+) -> None:
+    """List the items matching a search: id, datetime, cloud cover, bands."""
+    import json
+
+    from geoseg.bands import resolve_band
+    from geoseg.catalog import make_query, search as run_search
+
+    query = make_query(collections=collections or (), region=region, datetime=datetime, max_cloud_cover=max_cloud, limit=limit)
+    items = run_search(source, query)
+    if as_json:
+        typer.echo(json.dumps({"type": "FeatureCollection", "features": [it.to_dict() for it in items]}, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(items)} item(s) in {source}", title_justify="left")
+    for col in ("id", "datetime", "cloud %", "epsg", "bands (common names)"):
+        table.add_column(col, overflow="fold")
+    for it in items:
+        names = []
+        for key in it.assets:
+            try:
+                b = resolve_band(it, key)
+            except GeosegError:
+                continue
+            if b.common_name or b.band_name:
+                names.append(b.common_name or key)
+        cc = it.properties.get("eo:cloud_cover")
+        table.add_row(
+            it.id,
+            f"{it.datetime:%Y-%m-%d %H:%M}" if it.datetime else "-",
+            "-" if cc is None else f"{cc:.1f}",
+            str(it.properties.get("proj:epsg") or it.properties.get("proj:code") or "-"),
+            " ".join(names),
+        )
+    Console(width=160).print(table)
+
+
+@app.command()
+def load(
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    out_dir: Path = typer.Argument(..., help="Directory for one float32 reflectance COG per item."),
+    bands: str = typer.Option("blue,green,red,nir", "--bands", "-b", help="Comma-separated band names (common name, band name or asset key)."),
+    region: Optional[str] = typer.Option(None, "--region", "--bbox", "-r", help=REGION_HELP),
+    datetime: Optional[str] = typer.Option(None, "--datetime", "-d", help=DATETIME_HELP),
+    collections: Optional[str] = typer.Option(None, "--collections", "-c", help="Comma-separated collection ids."),
+    max_cloud: Optional[float] = typer.Option(None, "--max-cloud", help="Largest eo:cloud_cover, percent."),
+    crs: Optional[str] = typer.Option(None, "--crs", help="Target CRS (default: UTM zone of the region)."),
+    resolution: Optional[float] = typer.Option(None, "--resolution", help="Pixel size in CRS units (default: finest band)."),
+    quicklook: bool = typer.Option(True, help="Also write an RGB quick-look COG and PNG when red, green, blue are loaded."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+) -> None:
+    """Search, then load bands of each item onto one grid and write them as COGs."""
+    from geoseg.catalog import make_query, search as run_search
+    from geoseg.io import write_cog
+    from geoseg.load import load as run_load
+    from geoseg.quicklook import write_quicklook
+
+    names = [b.strip() for b in bands.split(",") if b.strip()]
+    items = run_search(source, make_query(collections=collections or (), region=region, datetime=datetime, max_cloud_cover=max_cloud))
+    for item in items:
+        stack = run_load(item, names, region=region, crs=crs, resolution=resolution)
+        path = write_cog(stack, out_dir / f"{item.id}.tif", stack.odc.geobox, dtype="float32", nodata=float("nan"),
+                         descriptions=names, overwrite=overwrite)
+        typer.echo(f"wrote {path}  ({len(names)} bands, {stack.sizes['y']} x {stack.sizes['x']} px)")
+        if quicklook and {"red", "green", "blue"} <= set(names):
+            cog, png = write_quicklook(stack, out_dir / f"{item.id}_rgb.tif", out_dir / f"{item.id}_rgb.png", overwrite=overwrite)
+            typer.echo(f"wrote {cog}\nwrote {png}")
+
+
+@app.command()
+def serve(
+    catalog: Path = typer.Argument(Path("catalogs/demo"), help="Directory (or JSON) of a static STAC catalog."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    stac_port: int = typer.Option(7822, help="Port of the STAC API."),
+    files_port: int = typer.Option(7823, help="Port of the COG file server."),
+) -> None:
+    """Serve a static catalog as a real STAC API plus a Range-capable COG server, until Ctrl-C."""
+    from geoseg.serve import LoopbackServers
+
+    with LoopbackServers(catalog, host=host, stac_port=stac_port, files_port=files_port) as srv:
+        typer.echo(f"STAC API:    {srv.stac_url}   (try: geoseg search {srv.stac_url})")
+        typer.echo(f"COG server:  {srv.files_url}")
+        typer.echo("Ctrl-C to stop.")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            typer.echo("stopping")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Output directory."),
+    catalog: Path = typer.Option(Path("catalogs/demo"), help="Static catalog to serve."),
+) -> None:
+    """Run the main job end to end on the embedded demo catalog (starts and stops the loopback servers)."""
+    from geoseg.demo import DemoConfig, run
+
+    run(DemoConfig(catalog=catalog.resolve(), out=out.resolve()), echo=typer.echo)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True)) -> None:
+    if version:
+        from geoseg import __version__
+
+        typer.echo(f"geoseg {__version__}")
+        raise typer.Exit()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Console-script entry point: runs the app, turns errors into messages and exit codes."""
+    import click
+
+    debug = os.environ.get("GEOSEG_DEBUG") not in (None, "", "0")
+    try:
+        result = app(args=argv, standalone_mode=False, prog_name="geoseg")
+        return result if isinstance(result, int) else 0
+    except GeosegError as err:
+        if debug:
+            raise
+        _err(f"error: {err}")
+        return err.exit_code
+    except click.exceptions.Exit as ex:
+        return ex.exit_code
+    except click.ClickException as ex:
+        ex.show()
+        return 2
+    except click.exceptions.Abort:
+        _err("aborted")
+        return 130
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except Exception as err:  # a bug: say so plainly, no traceback unless asked
+        if debug:
+            raise
+        _err(f"error: unexpected {type(err).__name__}: {err}\n  fix: rerun with GEOSEG_DEBUG=1 and report the traceback")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

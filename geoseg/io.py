@@ -1,0 +1,137 @@
+"""Writing outputs safely: atomic paths, and COGs streamed block by block.
+
+Every file geoseg writes goes to a hidden temporary name beside its final
+path and is renamed into place only once complete (``os.replace`` is atomic
+on one filesystem), so a crash never leaves a half-written COG or GeoPackage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import dask.array as dsa
+import numpy as np
+import rasterio
+import rasterio.shutil
+import xarray as xr
+from odc.geo.geobox import GeoBox
+
+from geoseg.errors import InputError
+
+
+def _check_writable(final: Path, overwrite: bool) -> None:
+    if final.exists() and not overwrite:
+        raise InputError(f"output {str(final)!r} already exists", fix="choose another path, or pass --overwrite")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create output directory {str(final.parent)!r}: {err.strerror}", fix="choose a writable directory") from None
+    if not os.access(final.parent, os.W_OK):
+        raise InputError(f"output directory {str(final.parent)!r} is not writable", fix="choose a writable directory, or fix its permissions")
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it to ``final`` on success.
+
+    On any exception the temporary file is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    _check_writable(final, overwrite)
+    tmp = final.with_name(f".{final.stem}.{os.getpid()}.{threading.get_ident()}.tmp{final.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + ".aux.xml")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
+class _WindowWriter:
+    """A ``dask.array.store`` target writing numpy blocks into a rasterio dataset."""
+
+    def __init__(self, dst: rasterio.io.DatasetWriter):
+        self.dst = dst
+        self.lock = threading.Lock()
+
+    def __setitem__(self, key: tuple[slice, slice, slice], block: np.ndarray) -> None:
+        bands, rows, cols = key
+        window = rasterio.windows.Window.from_slices(rows, cols)
+        indexes = list(range(bands.start + 1, bands.stop + 1))
+        with self.lock:
+            self.dst.write(block, indexes=indexes, window=window)
+
+
+def _as_bands(data: xr.DataArray | np.ndarray | dsa.Array) -> dsa.Array:
+    arr = data.data if isinstance(data, xr.DataArray) else data
+    if not isinstance(arr, dsa.Array):
+        arr = dsa.from_array(np.asarray(arr), chunks=(1, 1024, 1024) if np.ndim(arr) == 3 else (1024, 1024))
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise InputError(f"cannot write an array of {arr.ndim} dims as a raster", fix="give (band, y, x) or (y, x)")
+    return arr
+
+
+def write_cog(
+    data: xr.DataArray | np.ndarray | dsa.Array,
+    path: str | Path,
+    geobox: GeoBox,
+    *,
+    dtype: str | None = None,
+    nodata: float | None = None,
+    descriptions: Sequence[str] | None = None,
+    colormap: Mapping[int, tuple[int, ...]] | None = None,
+    tags: Mapping[str, str] | None = None,
+    band_tags: Sequence[Mapping[str, str]] | None = None,
+    overview_resampling: str = "average",
+    blocksize: int = 512,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``data`` (band, y, x) on ``geobox`` as a Cloud Optimized GeoTIFF.
+
+    Blocks are computed and written one at a time through ``dask.array.store``
+    into a tiled GeoTIFF, then GDAL's COG driver adds overviews and reorders
+    it. Memory stays bounded by the dask chunk size, never the scene.
+    """
+    final = Path(path)
+    arr = _as_bands(data)
+    if tuple(arr.shape[1:]) != tuple(geobox.shape):
+        raise InputError(f"array shape {arr.shape[1:]} does not match the grid {tuple(geobox.shape)}", fix="write the array with its own geobox")
+    dtype = np.dtype(dtype or arr.dtype)
+    arr = arr.astype(dtype)
+    profile = dict(
+        driver="GTiff", width=geobox.shape.x, height=geobox.shape.y, count=arr.shape[0], dtype=dtype.name,
+        crs=geobox.crs.to_wkt(), transform=geobox.transform, nodata=nodata,
+        tiled=True, blockxsize=blocksize, blockysize=blocksize, compress="deflate", BIGTIFF="IF_SAFER",
+    )
+    with atomic_path(final, overwrite=overwrite) as tmp_cog:
+        stage = tmp_cog.with_name(tmp_cog.name + ".stage.tif")
+        try:
+            with rasterio.open(stage, "w", **profile) as dst:
+                arr = arr.rechunk({0: arr.shape[0], 1: blocksize * max(1, 1024 // blocksize), 2: blocksize * max(1, 1024 // blocksize)})
+                dsa.store(arr, _WindowWriter(dst), lock=False)
+                for i, desc in enumerate(descriptions or [], start=1):
+                    dst.set_band_description(i, desc)
+                if colormap is not None:
+                    dst.write_colormap(1, dict(colormap))
+                if tags:
+                    dst.update_tags(**tags)
+                for i, bt in enumerate(band_tags or [], start=1):
+                    dst.update_tags(i, **bt)
+            predictor = 2 if dtype.kind in "iu" else 3
+            rasterio.shutil.copy(
+                stage, tmp_cog, driver="COG", COMPRESS="DEFLATE", PREDICTOR=predictor, BLOCKSIZE=blocksize,
+                OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=overview_resampling.upper(), RESAMPLING=overview_resampling.upper(),
+                BIGTIFF="IF_SAFER",
+            )
+        finally:
+            for leftover in (stage, stage.with_name(stage.name + ".aux.xml")):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+    return final
