@@ -19,7 +19,7 @@ _EXPORTS = {
     "search": "geoseg.catalog",
     "make_query": "geoseg.catalog",
     "Query": "geoseg.catalog",
-    "load": "geoseg.load",
+    "load": "geoseg.fetch",
     "resolve_bands": "geoseg.bands",
     "LoopbackServers": "geoseg.serve",
     "target_geobox": "geoseg.grid",
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from geoseg.catalog import Query, make_query, search
     from geoseg.grid import target_geobox
     from geoseg.io import write_cog
-    from geoseg.load import load
+    from geoseg.fetch import load
     from geoseg.quicklook import write_quicklook
     from geoseg.region import to_region
     from geoseg.serve import LoopbackServers

@@ -101,7 +101,7 @@ def load(
     """Search, then load bands of each item onto one grid and write them as COGs."""
     from geoseg.catalog import make_query, search as run_search
     from geoseg.io import write_cog
-    from geoseg.load import load as run_load
+    from geoseg.fetch import load as run_load
     from geoseg.quicklook import write_quicklook
 
     names = [b.strip() for b in bands.split(",") if b.strip()]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geoseg.catalog import make_query, search
-from geoseg.load import load
+from geoseg.fetch import load
 from geoseg.quicklook import write_quicklook
 from geoseg.serve import LoopbackServers
 

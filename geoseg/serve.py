@@ -63,23 +63,28 @@ def catalog_root(path: str | Path) -> Path:
 def published_json(root: Path, files_url: str) -> tuple[list[dict], list[dict]]:
     """Collections and items of a static catalog, with asset hrefs rewritten
     to ``files_url`` + their path relative to the catalog's directory, and
-    links dropped (the API makes its own)."""
+    links dropped (the API makes its own).
+
+    The JSON is published as written on disk, not re-serialized by pystac,
+    which would migrate fields (``proj:epsg`` to ``proj:code``) that some
+    clients (stackstac) still need.
+    """
     base = root.parent.resolve()
     cat = pystac.read_file(str(root))
     collections = [cat] if isinstance(cat, pystac.Collection) else list(cat.get_all_collections())
     out_cols, out_items = [], []
     for col in collections:
-        d = col.to_dict(include_self_link=False, transform_hrefs=False)
+        d = json.loads(Path(col.get_self_href()).read_text())
         d["links"] = []
         out_cols.append(d)
         for item in col.get_items(recursive=True):
-            it = item.to_dict(include_self_link=False, transform_hrefs=False)
+            item_path = Path(item.get_self_href())
+            it = json.loads(item_path.read_text())
             it["links"] = []
             it["collection"] = col.id
-            for key, asset in item.assets.items():
-                path = Path(asset.get_absolute_href()).resolve()
-                rel = path.relative_to(base).as_posix()
-                it["assets"][key]["href"] = f"{files_url}/{rel}"
+            for key, asset in it["assets"].items():
+                path = (item_path.parent / asset["href"]).resolve()
+                asset["href"] = f"{files_url}/{path.relative_to(base).as_posix()}"
             out_items.append(it)
     return out_cols, out_items
 
