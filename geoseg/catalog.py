@@ -307,7 +307,10 @@ def _search_api(url: str, query: Query, *, retries: int, backoff: float, timeout
 def _iter_static_items(source: str, *, retries: int, backoff: float, timeout: float) -> Iterable[pystac.Item]:
     if _is_url(source):
         data = _fetch_json(source, retries=retries, backoff=backoff, timeout=timeout)
-        obj = pystac.read_dict(data, href=source)
+        try:
+            obj = pystac.read_dict(data, href=source)
+        except (pystac.STACError, pystac.STACTypeError) as err:  # STACTypeError is no STACError
+            raise CatalogUnavailableError(f"STAC source {source} is not a STAC catalog: {err}", fix="give a STAC API root URL or a catalog.json") from None
     else:
         path = Path(source)
         if path.is_dir():
@@ -315,14 +318,15 @@ def _iter_static_items(source: str, *, retries: int, backoff: float, timeout: fl
                 if (path / name).exists():
                     path = path / name
                     break
-        if not path.exists():
+        if not path.is_file():  # a directory without catalog.json / collection.json, too
             raise CatalogUnavailableError(
-                f"static catalog {str(path)!r} does not exist",
+                f"static catalog {str(path)!r} does not exist" if not path.exists()
+                else f"static catalog directory {str(path)!r} holds no catalog.json or collection.json",
                 fix="give a STAC API URL, or the path of a catalog.json / collection.json",
             )
         try:
             obj = pystac.read_file(str(path))
-        except (json.JSONDecodeError, pystac.STACError) as err:
+        except (json.JSONDecodeError, OSError, pystac.STACError, pystac.STACTypeError) as err:
             raise CatalogUnavailableError(f"cannot read static catalog {str(path)!r}: {err}", fix="give a valid STAC catalog JSON") from None
     if isinstance(obj, pystac.Item):
         yield obj

@@ -148,19 +148,30 @@ def demo(
     run(DemoConfig(catalog=catalog.resolve(), out=out.resolve()), echo=typer.echo)
 
 
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True)) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    # an eager option callback: runs while parsing, before click asks for a command
+    if value:
         from geoseg import __version__
 
         typer.echo(f"geoseg {__version__}")
         raise typer.Exit()
 
 
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
+) -> None:
+    pass
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Console-script entry point: runs the app, turns errors into messages and exit codes."""
     import click
 
+    # typer >= 0.2x vendors its own click (typer._click): catch both families
+    exits = (click.exceptions.Exit, typer.Exit)
+    usage = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+    aborts = (click.exceptions.Abort, typer.Abort)
     debug = os.environ.get("GEOSEG_DEBUG") not in (None, "", "0")
     try:
         result = app(args=argv, standalone_mode=False, prog_name="geoseg")
@@ -170,12 +181,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         _err(f"error: {err}")
         return err.exit_code
-    except click.exceptions.Exit as ex:
+    except exits as ex:
         return ex.exit_code
-    except click.ClickException as ex:
-        ex.show()
+    except usage as ex:
+        if hasattr(ex, "show"):
+            ex.show()
+        else:
+            _err(f"error: {ex}")
         return 2
-    except click.exceptions.Abort:
+    except aborts:
         _err("aborted")
         return 130
     except KeyboardInterrupt:
