@@ -1,0 +1,252 @@
+"""Tiled inference over a lazy stack, stitched without seams.
+
+:func:`predict` builds a dask graph with one task per *row of tiles* (read
+that strip of the stack, normalize, run the network on its tiles in batches,
+weight each tile by the blend window of :mod:`geoseg.tiling`) and one task per
+*output row block* (sum the weighted predictions of the two or three tile rows
+that reach it, divide by the summed weights). Each output block depends only
+on neighbouring tile rows, so dask streams the scene: memory is bounded by a
+few rows of tiles, never by the scene, and there is no whole-scene buffer.
+
+The network is loaded once per process (thread-safe cache), runs under
+``torch.inference_mode``, batched, on CUDA with bf16/fp16 autocast when
+present, else on the CPU in fp32. Tiles without any valid pixel are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as dsa
+import numpy as np
+import xarray as xr
+
+from geoseg.contract import conform
+from geoseg.errors import InputError
+from geoseg.models import Model, ModelCard, cached
+from geoseg.tiling import TileLayout
+
+
+def pick_device(device: str | None = None) -> str:
+    """``device`` if given and usable; else CUDA when present, else CPU."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but CUDA is not available here", fix="use --device cpu, or run on a machine with a GPU")
+    if device not in ("cpu",) and not device.startswith(("cuda", "mps")):
+        raise InputError(f"unknown device {device!r}", fix="use cpu, cuda or cuda:N")
+    return device
+
+
+@dataclass(frozen=True)
+class Runner:
+    """Runs a model on batches of normalized tiles. Pickleable when built
+    from a card path: each worker process then loads the network once."""
+
+    card: ModelCard
+    device: str
+    batch_size: int
+    card_path: str | None = None
+    model: Model | None = field(default=None, compare=False, repr=False)
+    _lock: Any = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    def __dask_tokenize__(self):
+        # never hash the network's tensors: the card (and which model object) identify it
+        return (type(self).__name__, self.card.model_dump_json(), self.device, self.batch_size, self.card_path,
+                None if self.model is None else id(self.model))
+
+    def __getstate__(self):
+        if self.card_path is None:
+            raise TypeError("a Runner over an in-memory model cannot be sent to other processes; save the model and predict from its card path")
+        state = dict(self.__dict__)
+        state["model"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state):
+        state["_lock"] = threading.Lock()
+        self.__dict__.update(state)
+
+    def network(self):
+        if self.model is not None:
+            net = self.model.network
+            if next(iter(net.parameters()), None) is not None and str(next(net.parameters()).device) != self.device:
+                net.to(self.device)
+            return net
+        return cached(self.card_path, self.device).network
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        """(N, C, T, T) float32 normalized → (N, K, T, T) float32 class probabilities."""
+        import torch
+
+        net = self.network()
+        out = np.empty((tiles.shape[0], len(self.card.classes)) + tiles.shape[2:], dtype="float32")
+        cuda = self.device.startswith("cuda")
+        amp_dtype = (torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
+        # one forward at a time per process: torch already uses every core for one batch
+        with self._lock, torch.inference_mode():
+            for i in range(0, tiles.shape[0], self.batch_size):
+                x = torch.from_numpy(tiles[i:i + self.batch_size]).to(self.device, non_blocking=True)
+                if cuda:
+                    with torch.autocast("cuda", dtype=amp_dtype):
+                        logits = net(x)
+                else:
+                    logits = net(x)
+                out[i:i + self.batch_size] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return out
+
+
+def normalize(strip: np.ndarray, card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) reflectance with NaN nodata → (normalized with nodata as 0, valid mask)."""
+    mean = np.asarray(card.normalization.mean, dtype="float32")[:, None, None]
+    std = np.asarray(card.normalization.std, dtype="float32")[:, None, None]
+    valid = np.isfinite(strip).all(axis=0)
+    x = (strip - mean) / std
+    x[:, ~valid] = 0.0
+    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype("float32", copy=False), valid
+
+
+def _tile_row(strip: np.ndarray, y0: int, layout: TileLayout, runner: Runner) -> np.ndarray:
+    """Predict one row of tiles.
+
+    ``strip`` holds scene rows [max(y0, 0), min(y0 + T, ny)) (all columns,
+    channels first). Returns (K + 2, T, padded width): K weighted class
+    probabilities, the summed weight, and the valid mask.
+    """
+    card, T = runner.card, layout.size
+    before, after = layout.x.padded
+    width = before + layout.nx + after
+    buf = np.full((strip.shape[0], T, width), np.nan, dtype="float32")
+    top = max(0, -y0)
+    buf[:, top:top + strip.shape[1], before:before + layout.nx] = strip
+    x, valid = normalize(buf, card)
+    K = len(card.classes)
+    acc = np.zeros((K + 2, T, width), dtype="float32")
+    acc[K + 1] = valid
+    window = layout.window()
+    starts = [s + before for s in layout.x.starts]
+    todo = [s for s in starts if valid[:, s:s + T].any()]  # all-nodata tiles are skipped
+    if not todo:
+        return acc
+    probs = runner(np.stack([x[:, :, s:s + T] for s in todo]))
+    for s, p in zip(todo, probs):
+        acc[:K, :, s:s + T] += p * window
+        acc[K, :, s:s + T] += window
+    return acc
+
+
+def _blend(lo: int, hi: int, layout: TileLayout, rows: list[tuple[int, np.ndarray]], K: int) -> np.ndarray:
+    """Output rows [lo, hi): weighted mean of the tile rows that reach them."""
+    before = layout.x.padded[0]
+    num = np.zeros((K, hi - lo, layout.nx), dtype="float32")
+    den = np.zeros((hi - lo, layout.nx), dtype="float32")
+    valid = np.zeros((hi - lo, layout.nx), dtype=bool)
+    for y0, acc in rows:
+        a, b = max(lo, y0), min(hi, y0 + layout.size)
+        if a >= b:
+            continue
+        src = acc[:, a - y0:b - y0, before:before + layout.nx]
+        num[:, a - lo:b - lo] += src[:K]
+        den[a - lo:b - lo] += src[K]
+        valid[a - lo:b - lo] |= src[K + 1] > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / den
+    out[:, ~valid | (den <= 0)] = np.nan
+    return out
+
+
+def _stack_array(stack: xr.DataArray) -> dsa.Array:
+    """(C, y, x) dask array; a (time, band, y, x) stack is flattened to channels, earlier date first."""
+    data = stack.data if isinstance(stack.data, dsa.Array) else dsa.from_array(np.asarray(stack.data), chunks=1024)
+    if stack.ndim == 4:
+        t, b, ny, nx = data.shape
+        data = data.reshape((t * b, ny, nx))
+    return data.astype("float32")
+
+
+def predict(
+    stack: xr.DataArray,
+    model: Model | ModelCard | str | Path,
+    *,
+    device: str | None = None,
+    batch_size: int | None = None,
+    resample: bool = False,
+    check: bool = True,
+) -> xr.DataArray:
+    """Class probabilities (class, y, x), float32, lazy; NaN where input is nodata.
+
+    ``stack`` is a (band, y, x) reflectance stack for single-date models, or
+    (time=2, band, y, x) for bi-temporal ones, with an odc geobox (what
+    :func:`geoseg.load` returns). Bands are matched to the card by name and
+    reordered; a stack that breaks the card's contract (bands, dates,
+    resolution, value range) is refused (:mod:`geoseg.contract`).
+    ``model`` is a card path (loaded once per worker) or a loaded :class:`Model`.
+    """
+    if isinstance(model, (str, Path)):
+        from geoseg.models import read_card
+
+        card_path, card, loaded = str(Path(model).with_suffix(".json").resolve()), read_card(model), None
+    elif isinstance(model, Model):
+        card, loaded = model.card, model
+        card_path = str(model.path.resolve()) if model.path is not None else None
+    else:
+        raise InputError(f"cannot predict with {type(model).__name__}", fix="give a model card path or a geoseg.models.Model")
+    device = pick_device(device)
+    batch_size = batch_size or (16 if device.startswith("cuda") else 4)
+    runner = Runner(card=card, device=device, batch_size=batch_size, card_path=card_path, model=loaded)
+
+    stack = conform(stack, card, resample=resample, check=check)
+    data = _stack_array(stack)
+    ny, nx = data.shape[-2:]
+    layout = TileLayout(int(ny), int(nx), card.tile_size, card.halo)
+    K = len(card.classes)
+
+    tile_rows = []
+    # inference tasks land only on GPU workers when the cluster declares GPU resources
+    with dask.annotate(resources={"GPU": 1}) if device.startswith("cuda") else contextlib.nullcontext():
+        for y0 in layout.y.starts:
+            a, b = max(0, y0), min(ny, y0 + layout.size)
+            tile_rows.append((y0, dask.delayed(_tile_row, pure=True)(data[:, a:b, :], y0, layout, runner)))
+    blocks = []
+    for lo, hi in layout.output_rows():
+        ks = layout.y.contributors(lo, hi)
+        rows = [tile_rows[k] for k in ks]
+        d = dask.delayed(_blend, pure=True)(lo, hi, layout, rows, K)
+        blocks.append(dsa.from_delayed(d, shape=(K, hi - lo, nx), dtype="float32"))
+    probs = dsa.concatenate(blocks, axis=1)
+    coords = {k: v for k, v in stack.coords.items() if set(v.dims) <= {"y", "x"}}
+    out = xr.DataArray(probs, dims=("class", "y", "x"), coords=coords, name="probability")
+    out = out.assign_coords({"class": card.class_ids, "class_name": ("class", [c.name for c in card.classes])})
+    out.attrs = {"model": card.name, "model_version": card.version, "nodata": np.nan, "tiles": layout.n_tiles}
+    return out
+
+
+def classify(probs: xr.DataArray, card: ModelCard) -> tuple[xr.DataArray, xr.DataArray]:
+    """(class ids uint8 with ``card.nodata_class`` where nodata, top-class probability float32)."""
+    ids = np.asarray(card.class_ids, dtype="uint8")
+    nodata = np.uint8(card.nodata_class)
+
+    def _classes(p: np.ndarray) -> np.ndarray:
+        valid = np.isfinite(p).all(axis=0)
+        idx = np.argmax(np.where(np.isfinite(p), p, -1), axis=0)
+        return np.where(valid, ids[idx], nodata).astype("uint8")
+
+    def _confidence(p: np.ndarray) -> np.ndarray:
+        valid = np.isfinite(p).all(axis=0)
+        return np.where(valid, np.nanmax(np.where(valid, p, 0), axis=0), np.nan).astype("float32")
+
+    data = probs.data if isinstance(probs.data, dsa.Array) else dsa.from_array(np.asarray(probs.data))
+    data = data.rechunk({0: -1})
+    cls = dsa.map_blocks(_classes, data, drop_axis=0, dtype="uint8")
+    conf = dsa.map_blocks(_confidence, data, drop_axis=0, dtype="float32")
+    coords = {k: v for k, v in probs.coords.items() if set(v.dims) <= {"y", "x"}}
+    c = xr.DataArray(cls, dims=("y", "x"), coords=coords, name="class", attrs={"nodata": int(nodata)})
+    f = xr.DataArray(conf, dims=("y", "x"), coords=coords, name="confidence", attrs={"nodata": np.nan})
+    return c, f
