@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import dask.array as dsa
 import numpy as np
@@ -78,60 +79,88 @@ def _as_bands(data: xr.DataArray | np.ndarray | dsa.Array) -> dsa.Array:
     return arr
 
 
+@dataclass(frozen=True)
+class RasterSpec:
+    """One raster to write: data and how to describe it."""
+
+    path: Path
+    data: Any
+    """(band, y, x) or (y, x): numpy, dask or xarray."""
+    dtype: str | None = None
+    nodata: float | None = None
+    descriptions: Sequence[str] | None = None
+    colormap: Mapping[int, tuple[int, ...]] | None = None
+    tags: Mapping[str, str] | None = None
+    band_tags: Sequence[Mapping[str, str]] | None = None
+    overview_resampling: str = "average"
+
+
+def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 512, overwrite: bool = False) -> list[Path]:
+    """Write several rasters on one grid as COGs from ONE dask computation.
+
+    Shared upstream work (a model's predictions behind both a class and a
+    confidence raster) runs once. Blocks are computed and written a few at a
+    time through ``dask.array.store`` into tiled GeoTIFFs; GDAL's COG driver
+    then adds overviews. Memory stays bounded by the chunk size, never the
+    scene. Every file appears under its final name only when complete.
+    """
+    for spec in specs:
+        _check_writable(Path(spec.path), overwrite)
+    arrays, stages, datasets = [], [], []
+    with contextlib.ExitStack() as stack:
+        tmp_cogs = [stack.enter_context(atomic_path(spec.path, overwrite=overwrite)) for spec in specs]
+        try:
+            for spec, tmp_cog in zip(specs, tmp_cogs):
+                arr = _as_bands(spec.data)
+                if tuple(arr.shape[1:]) != tuple(geobox.shape):
+                    raise InputError(f"array shape {arr.shape[1:]} does not match the grid {tuple(geobox.shape)}", fix="write the array with its own geobox")
+                dtype = np.dtype(spec.dtype or arr.dtype)
+                step = blocksize * max(1, 1024 // blocksize)
+                arrays.append(arr.astype(dtype).rechunk({0: arr.shape[0], 1: step, 2: step}))
+                stage = tmp_cog.with_name(tmp_cog.name + ".stage.tif")
+                stages.append(stage)
+                datasets.append(rasterio.open(
+                    stage, "w", driver="GTiff", width=geobox.shape.x, height=geobox.shape.y, count=arr.shape[0],
+                    dtype=dtype.name, crs=geobox.crs.to_wkt(), transform=geobox.transform, nodata=spec.nodata,
+                    tiled=True, blockxsize=blocksize, blockysize=blocksize, compress="deflate", BIGTIFF="IF_SAFER",
+                ))
+            dsa.store(arrays, [_WindowWriter(ds) for ds in datasets], lock=False)
+            for spec, ds in zip(specs, datasets):
+                for i, desc in enumerate(spec.descriptions or [], start=1):
+                    ds.set_band_description(i, desc)
+                if spec.colormap is not None:
+                    ds.write_colormap(1, dict(spec.colormap))
+                if spec.tags:
+                    ds.update_tags(**spec.tags)
+                for i, bt in enumerate(spec.band_tags or [], start=1):
+                    ds.update_tags(i, **bt)
+                ds.close()
+            for spec, stage, tmp_cog, arr in zip(specs, stages, tmp_cogs, arrays):
+                rs = spec.overview_resampling.upper()
+                rasterio.shutil.copy(
+                    stage, tmp_cog, driver="COG", COMPRESS="DEFLATE", PREDICTOR=2 if arr.dtype.kind in "iu" else 3,
+                    BLOCKSIZE=blocksize, OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=rs, RESAMPLING=rs, BIGTIFF="IF_SAFER",
+                )
+        finally:
+            for ds in datasets:
+                if not ds.closed:
+                    ds.close()
+            for stage in stages:
+                for leftover in (stage, stage.with_name(stage.name + ".aux.xml")):
+                    with contextlib.suppress(FileNotFoundError):
+                        leftover.unlink()
+    return [Path(spec.path) for spec in specs]
+
+
 def write_cog(
     data: xr.DataArray | np.ndarray | dsa.Array,
     path: str | Path,
     geobox: GeoBox,
     *,
-    dtype: str | None = None,
-    nodata: float | None = None,
-    descriptions: Sequence[str] | None = None,
-    colormap: Mapping[int, tuple[int, ...]] | None = None,
-    tags: Mapping[str, str] | None = None,
-    band_tags: Sequence[Mapping[str, str]] | None = None,
-    overview_resampling: str = "average",
     blocksize: int = 512,
     overwrite: bool = False,
+    **spec,
 ) -> Path:
-    """Write ``data`` (band, y, x) on ``geobox`` as a Cloud Optimized GeoTIFF.
-
-    Blocks are computed and written one at a time through ``dask.array.store``
-    into a tiled GeoTIFF, then GDAL's COG driver adds overviews and reorders
-    it. Memory stays bounded by the dask chunk size, never the scene.
-    """
-    final = Path(path)
-    arr = _as_bands(data)
-    if tuple(arr.shape[1:]) != tuple(geobox.shape):
-        raise InputError(f"array shape {arr.shape[1:]} does not match the grid {tuple(geobox.shape)}", fix="write the array with its own geobox")
-    dtype = np.dtype(dtype or arr.dtype)
-    arr = arr.astype(dtype)
-    profile = dict(
-        driver="GTiff", width=geobox.shape.x, height=geobox.shape.y, count=arr.shape[0], dtype=dtype.name,
-        crs=geobox.crs.to_wkt(), transform=geobox.transform, nodata=nodata,
-        tiled=True, blockxsize=blocksize, blockysize=blocksize, compress="deflate", BIGTIFF="IF_SAFER",
-    )
-    with atomic_path(final, overwrite=overwrite) as tmp_cog:
-        stage = tmp_cog.with_name(tmp_cog.name + ".stage.tif")
-        try:
-            with rasterio.open(stage, "w", **profile) as dst:
-                arr = arr.rechunk({0: arr.shape[0], 1: blocksize * max(1, 1024 // blocksize), 2: blocksize * max(1, 1024 // blocksize)})
-                dsa.store(arr, _WindowWriter(dst), lock=False)
-                for i, desc in enumerate(descriptions or [], start=1):
-                    dst.set_band_description(i, desc)
-                if colormap is not None:
-                    dst.write_colormap(1, dict(colormap))
-                if tags:
-                    dst.update_tags(**tags)
-                for i, bt in enumerate(band_tags or [], start=1):
-                    dst.update_tags(i, **bt)
-            predictor = 2 if dtype.kind in "iu" else 3
-            rasterio.shutil.copy(
-                stage, tmp_cog, driver="COG", COMPRESS="DEFLATE", PREDICTOR=predictor, BLOCKSIZE=blocksize,
-                OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=overview_resampling.upper(), RESAMPLING=overview_resampling.upper(),
-                BIGTIFF="IF_SAFER",
-            )
-        finally:
-            for leftover in (stage, stage.with_name(stage.name + ".aux.xml")):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
-    return final
+    """Write ``data`` (band, y, x) on ``geobox`` as one Cloud Optimized GeoTIFF
+    (see :class:`RasterSpec` for the other keywords)."""
+    return write_cogs([RasterSpec(Path(path), data, **spec)], geobox, blocksize=blocksize, overwrite=overwrite)[0]
