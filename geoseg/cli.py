@@ -117,6 +117,37 @@ def load(
 
 
 @app.command()
+def predict(
+    model: Path = typer.Argument(..., help="Model card (.json) with its .safetensors beside it."),
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    out_dir: Path = typer.Argument(..., help="Directory for the class and confidence COGs."),
+    region: Optional[str] = typer.Option(None, "--region", "--bbox", "-r", help=REGION_HELP),
+    datetime: Optional[str] = typer.Option(None, "--datetime", "-d", help=DATETIME_HELP),
+    collections: Optional[str] = typer.Option(None, "--collections", "-c", help="Comma-separated collection ids."),
+    ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated item ids."),
+    max_cloud: Optional[float] = typer.Option(None, "--max-cloud", help="Largest eo:cloud_cover, percent."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Tiles per forward pass (default 16 on GPU, 4 on CPU)."),
+    resample: bool = typer.Option(False, "--resample", help="Resample stacks whose resolution differs from the model's instead of refusing them."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+) -> None:
+    """Search, then run a model over each scene (or the before/after pair for a change model), writing class and confidence COGs."""
+    from geoseg.catalog import make_query, search as run_search
+    from geoseg.models import read_card
+    from geoseg.pipeline import segment_items
+
+    card = read_card(model)  # a bad card fails before any search
+    items = run_search(source, make_query(collections=collections or (), ids=ids or (), region=region, datetime=datetime, max_cloud_cover=max_cloud))
+    typer.echo(f"model {card.name} {card.version}: {card.architecture}/{card.encoder}, bands {', '.join(card.bands)}; {len(items)} scene(s)")
+    for product in segment_items(items, model, out_dir, region=region, device=device, batch_size=batch_size,
+                                 resample=resample, probabilities=probabilities, overwrite=overwrite):
+        typer.echo(f"{' + '.join(product.items)}: {product.tiles} tiles")
+        for path in product.paths.values():
+            typer.echo(f"  wrote {path}")
+
+
+@app.command()
 def serve(
     catalog: Path = typer.Argument(Path("catalogs/demo"), help="Directory (or JSON) of a static STAC catalog."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),

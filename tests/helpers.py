@@ -13,7 +13,7 @@ from geoseg.models import ClassInfo, ModelCard, Normalization
 def make_stack(values: np.ndarray, bands, *, resolution: float = 10.0, crs: str = "EPSG:32631", chunks: int | None = 64) -> xr.DataArray:
     """A (band, y, x) or (time, band, y, x) DataArray on a UTM grid at ``resolution``."""
     ny, nx = values.shape[-2:]
-    gbox = GeoBox.from_bbox((450000, 5400000 - ny * resolution, 450000 + nx * resolution, 5400000), crs=crs, resolution=resolution)
+    gbox = GeoBox.from_bbox((450000, 5400000 - ny * resolution, 450000 + nx * resolution, 5400000), crs=crs, resolution=resolution, tight=True)
     assert tuple(gbox.shape) == (ny, nx)
     lead = ("band",) if values.ndim == 3 else ("time", "band")
     template = wrap_xr(np.zeros((ny, nx), dtype="float32"), gbox)
