@@ -11,6 +11,7 @@ what stops that.
 from __future__ import annotations
 
 import numpy as np
+import odc.geo.xr  # noqa: F401  (registers the .odc accessor used on stacks)
 import xarray as xr
 
 from geoseg.errors import InputError

@@ -124,8 +124,7 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
                     dtype=dtype.name, crs=geobox.crs.to_wkt(), transform=geobox.transform, nodata=spec.nodata,
                     tiled=True, blockxsize=blocksize, blockysize=blocksize, compress="deflate", BIGTIFF="IF_SAFER",
                 ))
-            dsa.store(arrays, [_WindowWriter(ds) for ds in datasets], lock=False)
-            for spec, ds in zip(specs, datasets):
+            for spec, ds in zip(specs, datasets):  # metadata first: GDAL cannot add a colour table after pixels
                 for i, desc in enumerate(spec.descriptions or [], start=1):
                     ds.set_band_description(i, desc)
                 if spec.colormap is not None:
@@ -134,6 +133,8 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
                     ds.update_tags(**spec.tags)
                 for i, bt in enumerate(spec.band_tags or [], start=1):
                     ds.update_tags(i, **bt)
+            dsa.store(arrays, [_WindowWriter(ds) for ds in datasets], lock=False)
+            for ds in datasets:
                 ds.close()
             for spec, stage, tmp_cog, arr in zip(specs, stages, tmp_cogs, arrays):
                 rs = spec.overview_resampling.upper()

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Mapping
 
+import odc.geo.xr  # noqa: F401  (registers the .odc accessor used on stacks)
 import xarray as xr
 
 from geoseg.io import RasterSpec, write_cogs

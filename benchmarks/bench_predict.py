@@ -1,0 +1,190 @@
+"""Predict benchmark: throughput overhead and peak memory.
+
+(a) End-to-end throughput (read COG -> normalize -> infer -> blend -> write
+    class + confidence COGs) divided by the bare model-forward throughput on
+    the same tiles, in the same process. Goal: >= 0.9 on CPU.
+(b) Peak RSS predicting a synthetic 4-band scene with a tiny model: one full
+    Sentinel-2 tile (10980 x 10980) and a scene of 4x its area (2x each side),
+    each in its own process. Goals: < 2 GiB, growing < 20 %.
+
+    python -m benchmarks predict [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dask.array as dsa
+import numpy as np
+
+
+def synthetic_scene(path: Path, size: int, bands: int = 4, seed: int = 0) -> Path:
+    """A uint16 COG of smooth 'land cover' blobs (DN = reflectance x 10000, nodata 0), written streaming."""
+    from odc.geo.geobox import GeoBox
+
+    from geoseg.io import write_cog
+
+    gbox = GeoBox.from_bbox((300000, 5000000 - size * 10, 300000 + size * 10, 5000000), crs="EPSG:32631", resolution=10, tight=True)
+
+    def block(_, block_info=None):
+        (b0, b1), (y0, y1), (x0, x1) = block_info[None]["array-location"]
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype("float32")
+        out = np.empty((b1 - b0, y1 - y0, x1 - x0), dtype="uint16")
+        for i, b in enumerate(range(b0, b1)):
+            f = 0.15 + 0.1 * np.sin(xx / (37.0 + 11 * b)) * np.cos(yy / (53.0 + 7 * b)) + 0.05 * np.sin((xx + yy) / 211.0)
+            out[i] = np.clip(f * 10000, 1, 65535).astype("uint16")
+        return out
+
+    arr = dsa.map_blocks(block, dsa.zeros((bands, size, size), chunks=(bands, 2048, 2048), dtype="uint16"), dtype="uint16")
+    return write_cog(arr, path, gbox, nodata=0, overwrite=True)
+
+
+def open_stack(path: Path, names):
+    """Lazy reflectance stack from a COG (rioxarray), as geoseg.load would give."""
+    import rioxarray
+
+    da = rioxarray.open_rasterio(path, chunks={"band": -1, "y": 2048, "x": 2048}, masked=True, lock=False)
+    return (da * np.float32(1e-4)).astype("float32").assign_coords(band=list(names))
+
+
+def tiny_model(bands: int):
+    import torch
+
+    from geoseg.models import ClassInfo, Model, ModelCard, Normalization
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(bands, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    card = ModelCard(
+        name="tiny", version="0", architecture="Unet", encoder="resnet18", bands=tuple(f"b{i}" for i in range(bands)),
+        normalization=Normalization(mean=(0.15,) * bands, std=(0.1,) * bands),
+        classes=(ClassInfo(id=0, name="a", color=(0, 0, 0)), ClassInfo(id=1, name="b", color=(255, 255, 255))),
+        resolution=10, tile_size=512, halo=32, size_divisor=32, weights="tiny.safetensors",
+    )
+    return Model(card=card, network=Tiny().eval())
+
+
+def real_model(bands: int):
+    import torch
+
+    from geoseg.models import ClassInfo, Model, ModelCard, Normalization, build_network
+
+    torch.manual_seed(0)
+    card = ModelCard(
+        name="unet-mobilenet", version="0", architecture="Unet", encoder="mobilenet_v2", bands=tuple(f"b{i}" for i in range(bands)),
+        normalization=Normalization(mean=(0.15,) * bands, std=(0.1,) * bands),
+        classes=(ClassInfo(id=0, name="a", color=(0, 0, 0)), ClassInfo(id=1, name="b", color=(255, 255, 255))),
+        resolution=10, tile_size=256, halo=32, size_divisor=32, weights="x.safetensors",
+    )
+    return Model(card=card, network=build_network(card).eval())
+
+
+def throughput(workdir: Path, size: int) -> dict:
+    """(a): end-to-end vs bare forward on the same tiles, same process."""
+    import torch
+
+    from geoseg.outputs import write_prediction
+    from geoseg.predict import Runner, predict
+
+    model = real_model(4)
+    card = model.card
+    cog = synthetic_scene(workdir / "scene.tif", size)
+    stack = open_stack(cog, card.bands)
+    runner = Runner(card=card, device="cpu", batch_size=4, model=model)
+    runner(np.zeros((1, 4, card.tile_size, card.tile_size), "float32"))  # warm-up
+
+    t0 = time.perf_counter()
+    probs = predict(stack, model, device="cpu", batch_size=4)
+    write_prediction(probs, card, workdir / "out", "scene", overwrite=True)
+    e2e = time.perf_counter() - t0
+    n = probs.attrs["tiles"]
+
+    rng = np.random.default_rng(0)
+    tiles = rng.normal(size=(n, 4, card.tile_size, card.tile_size)).astype("float32")
+    t0 = time.perf_counter()
+    for i in range(0, n, 16):
+        runner(tiles[i:i + 16])
+    bare = time.perf_counter() - t0
+    mpx = n * card.tile_size ** 2 / 1e6
+    return {
+        "scene": f"{size}x{size} px, 4 bands", "model": f"{card.architecture}/{card.encoder}", "tiles": n,
+        "tile": card.tile_size, "torch_threads": torch.get_num_threads(),
+        "end_to_end_s": round(e2e, 2), "bare_forward_s": round(bare, 2),
+        "end_to_end_tiles_per_s": round(n / e2e, 2), "bare_tiles_per_s": round(n / bare, 2),
+        "end_to_end_mpx_per_s": round(mpx / e2e, 3), "bare_mpx_per_s": round(mpx / bare, 3),
+        "ratio": round(bare / e2e, 3),
+    }
+
+
+def memory_child(size: int, workdir: str) -> None:
+    """Runs in its own process: predict + write one scene, print peak RSS."""
+    from geoseg.outputs import write_prediction
+    from geoseg.predict import predict
+
+    workdir = Path(workdir)
+    cog = workdir / f"scene{size}.tif"
+    model = tiny_model(4)
+    stack = open_stack(cog, model.card.bands)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    probs = predict(stack, model, device="cpu", batch_size=8)
+    write_prediction(probs, model.card, workdir / f"out{size}", "scene", overwrite=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"size": size, "tiles": probs.attrs["tiles"], "seconds": round(time.perf_counter() - t0, 1),
+                      "rss_before_mib": round(base / 1024), "peak_rss_mib": round(peak / 1024)}))
+
+
+def memory(workdir: Path, sizes) -> list[dict]:
+    out = []
+    for size in sizes:
+        synthetic_scene(workdir / f"scene{size}.tif", size)
+        r = subprocess.run([sys.executable, "-m", "benchmarks.bench_predict", "--child", str(size), str(workdir)],
+                           capture_output=True, text=True, check=True)
+        out.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        (workdir / f"scene{size}.tif").unlink()
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small scenes (a smoke run, not the reported figures)")
+    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--skip-memory", action="store_true")
+    args = p.parse_args(argv)
+    if args.child:
+        memory_child(int(args.child[0]), args.child[1])
+        return
+    tp_size, mem_sizes = (768, (1024, 2048)) if args.quick else (2048, (10980, 21960))
+    with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp:
+        tmp = Path(tmp)
+        a = throughput(tmp, tp_size)
+        print("(a) predict throughput, end to end vs bare model forward (same tiles, same process)")
+        for k, v in a.items():
+            print(f"    {k:24s} {v}")
+        print(f"    => ratio end-to-end / bare = {a['ratio']:.3f}  (goal >= 0.9 on CPU)")
+        if args.skip_memory:
+            return
+        m = memory(tmp, mem_sizes)
+        print("(b) peak RSS, tiny model, synthetic 4-band scenes (one process each)")
+        for r in m:
+            print(f"    {r['size']} x {r['size']}: {r['tiles']} tiles in {r['seconds']} s, peak RSS {r['peak_rss_mib']} MiB "
+                  f"(after imports {r['rss_before_mib']} MiB)")
+        growth = m[1]["peak_rss_mib"] / m[0]["peak_rss_mib"] - 1
+        print(f"    => peak {m[0]['peak_rss_mib'] / 1024:.2f} GiB (goal < 2 GiB); 4x area grows it by {growth:+.1%} (goal < +20 %)")
+
+
+if __name__ == "__main__":
+    main()

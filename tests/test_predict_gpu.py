@@ -1,0 +1,46 @@
+"""The GPU path: CUDA, mixed precision, batching. Skipped where there is no CUDA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import geoseg
+from geoseg.models import save
+from geoseg.predict import Runner, pick_device, predict
+from tests.test_predict_real import seeded_unet
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_auto_device_picks_cuda():
+    assert pick_device(None) == "cuda"
+
+
+def test_cuda_amp_batched_matches_cpu(tmp_path):
+    model = seeded_unet(["blue", "green", "red", "nir", "swir16", "swir22"])
+    card_path = save(model.network, model.card, tmp_path)  # predict from a path: loaded once per worker, on the GPU
+    items = geoseg.search(REPO / "catalogs" / "demo", datetime="2016")
+    stack = geoseg.load(items[0], list(model.card.bands), resolution=10).compute()
+    cpu = predict(stack, card_path, device="cpu").values
+    gpu = predict(stack, card_path, device="cuda", batch_size=32).values
+    valid = np.isfinite(cpu).all(axis=0)
+    assert np.array_equal(valid, np.isfinite(gpu).all(axis=0))
+    agree = (cpu.argmax(0) == gpu.argmax(0))[valid].mean()
+    print(f"\nGPU (autocast) vs CPU fp32 argmax agreement: {agree:.4%}; max |dp| {np.nanmax(np.abs(cpu - gpu)):.4f}")
+    assert agree > 0.99
+
+
+def test_runner_uses_autocast_on_cuda():
+    model = seeded_unet(["red", "nir"])
+    runner = Runner(card=model.card, device="cuda", batch_size=8, model=model)
+    x = np.random.default_rng(0).normal(size=(20, 2, 128, 128)).astype("float32")
+    p = runner(x)
+    assert p.shape == (20, 3, 128, 128) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(axis=1), 1, atol=1e-3)
+    assert next(model.network.parameters()).device.type == "cuda"
