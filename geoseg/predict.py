@@ -179,6 +179,8 @@ def predict(
     batch_size: int | None = None,
     resample: bool = False,
     check: bool = True,
+    tile_size: int | None = None,
+    halo: int | None = None,
 ) -> xr.DataArray:
     """Class probabilities (class, y, x), float32, lazy; NaN where input is nodata.
 
@@ -188,6 +190,7 @@ def predict(
     reordered; a stack that breaks the card's contract (bands, dates,
     resolution, value range) is refused (:mod:`geoseg.contract`).
     ``model`` is a card path (loaded once per worker) or a loaded :class:`Model`.
+    ``tile_size`` / ``halo`` override the card's (validated like the card).
     """
     if isinstance(model, (str, Path)):
         from geoseg.models import read_card
@@ -198,6 +201,15 @@ def predict(
         card_path = str(model.path.resolve()) if model.path is not None else None
     else:
         raise InputError(f"cannot predict with {type(model).__name__}", fix="give a model card path or a geoseg.models.Model")
+    if tile_size is not None or halo is not None:
+        from geoseg.models import ModelCard as _Card
+
+        update = {k: v for k, v in (("tile_size", tile_size), ("halo", halo)) if v is not None}
+        try:
+            card = _Card.model_validate({**card.model_dump(), **update})
+        except Exception as err:  # pydantic ValidationError: say which override is wrong
+            raise InputError(f"tiling override {update} does not fit model {card.name!r}: {str(err).splitlines()[-1].strip()}",
+                             fix=f"tile_size must be a multiple of {card.size_divisor} and more than 2 * halo") from None
     device = pick_device(device)
     batch_size = batch_size or (16 if device.startswith("cuda") else 4)
     runner = Runner(card=card, device=device, batch_size=batch_size, card_path=card_path, model=loaded)
