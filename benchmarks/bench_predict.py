@@ -51,7 +51,7 @@ def open_stack(path: Path, names):
     """Lazy reflectance stack from a COG (rioxarray), as geoseg.load would give."""
     import rioxarray
 
-    da = rioxarray.open_rasterio(path, chunks={"band": -1, "y": 2048, "x": 2048}, masked=True, lock=False)
+    da = rioxarray.open_rasterio(path, chunks={"band": -1, "y": 512, "x": 2048}, masked=True, lock=False)
     return (da * np.float32(1e-4)).astype("float32").assign_coords(band=list(names))
 
 
@@ -139,6 +139,15 @@ def throughput(workdir: Path, size: int) -> dict:
     }
 
 
+def peak_rss_mib() -> float:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries that
+    across exec from the parent, which would count the scene generator."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_child(size: int, workdir: str) -> None:
     """Runs in its own process: predict + write one scene, print peak RSS."""
     from geoseg.outputs import write_prediction
@@ -148,13 +157,13 @@ def memory_child(size: int, workdir: str) -> None:
     cog = workdir / f"scene{size}.tif"
     model = tiny_model(4)
     stack = open_stack(cog, model.card.bands)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_mib()
     t0 = time.perf_counter()
     probs = predict(stack, model, device="cpu", batch_size=8)
     write_prediction(probs, model.card, workdir / f"out{size}", "scene", overwrite=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_mib()
     print(json.dumps({"size": size, "tiles": probs.attrs["tiles"], "seconds": round(time.perf_counter() - t0, 1),
-                      "rss_before_mib": round(base / 1024), "peak_rss_mib": round(peak / 1024)}))
+                      "rss_before_mib": round(base), "peak_rss_mib": round(peak)}))
 
 
 def memory(workdir: Path, sizes) -> list[dict]:

@@ -108,6 +108,8 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
         _check_writable(Path(spec.path), overwrite)
     arrays, stages, datasets = [], [], []
     with contextlib.ExitStack() as stack:
+        # a bounded GDAL block cache: partly written tiles must not grow with the scene
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=int(os.environ.get("GEOSEG_GDAL_CACHEMAX_MB", 256))))
         tmp_cogs = [stack.enter_context(atomic_path(spec.path, overwrite=overwrite)) for spec in specs]
         try:
             for spec, tmp_cog in zip(specs, tmp_cogs):
@@ -115,8 +117,8 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
                 if tuple(arr.shape[1:]) != tuple(geobox.shape):
                     raise InputError(f"array shape {arr.shape[1:]} does not match the grid {tuple(geobox.shape)}", fix="write the array with its own geobox")
                 dtype = np.dtype(spec.dtype or arr.dtype)
-                step = blocksize * max(1, 1024 // blocksize)
-                arrays.append(arr.astype(dtype).rechunk({0: arr.shape[0], 1: step, 2: step}))
+                # keep the producer's row blocks (rechunking rows would hold several of them at once)
+                arrays.append(arr.astype(dtype).rechunk({0: arr.shape[0]}))
                 stage = tmp_cog.with_name(tmp_cog.name + ".stage.tif")
                 stages.append(stage)
                 datasets.append(rasterio.open(

@@ -103,63 +103,81 @@ class Runner:
         return out
 
 
-def normalize(strip: np.ndarray, card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+def normalize(strip: np.ndarray, card: ModelCard, *, inplace: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(C, H, W) reflectance with NaN nodata → (normalized with nodata as 0, valid mask)."""
     mean = np.asarray(card.normalization.mean, dtype="float32")[:, None, None]
     std = np.asarray(card.normalization.std, dtype="float32")[:, None, None]
     valid = np.isfinite(strip).all(axis=0)
-    x = (strip - mean) / std
+    x = strip if inplace and strip.dtype == np.float32 else strip.astype("float32")
+    x -= mean
+    x /= std
     x[:, ~valid] = 0.0
-    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype("float32", copy=False), valid
+    np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return x, valid
 
 
-def _tile_row(strip: np.ndarray, y0: int, layout: TileLayout, runner: Runner) -> np.ndarray:
-    """Predict one row of tiles.
+def _tile_group(window: np.ndarray, y0: int, x0: int, layout: TileLayout, runner: Runner,
+                blocks: tuple[tuple[int, int, int, int], ...]) -> tuple[np.ndarray, ...]:
+    """Predict a group of tiles of one tile row; cut the result into one piece per output block.
 
-    ``strip`` holds scene rows [max(y0, 0), min(y0 + T, ny)) (all columns,
-    channels first). Returns (K + 2, T, padded width): K weighted class
-    probabilities, the summed weight, and the valid mask.
+    The tiles start at row ``y0`` and columns ``x0, x0 + stride, ...`` (scene
+    coordinates, negative or past the edge where they hang over it); ``window``
+    holds the part of the scene they cover. Each piece is (K + 1, rows, cols):
+    K class probabilities and the weight, both already multiplied by the blend
+    window and the valid mask. Pieces are separate arrays, so each is freed as
+    soon as its block is blended: memory stays at a few groups of tiles,
+    whatever the scene's size.
     """
-    card, T = runner.card, layout.size
-    before, after = layout.x.padded
-    width = before + layout.nx + after
-    buf = np.full((strip.shape[0], T, width), np.nan, dtype="float32")
-    top = max(0, -y0)
-    buf[:, top:top + strip.shape[1], before:before + layout.nx] = strip
-    x, valid = normalize(buf, card)
+    card, T, S = runner.card, layout.size, layout.x.stride
+    ny, nx = layout.ny, layout.nx
+    n = (x0 + layout.x.halo) // S  # index of the first tile
+    last = min(n + _group_size(layout), len(layout.x.starts)) - 1
+    width = layout.x.starts[last] + T - x0
+    buf = np.full((window.shape[0], T, width), np.nan, dtype="float32")
+    r0, c0 = max(0, y0) - y0, max(0, x0) - x0
+    buf[:, r0:r0 + window.shape[1], c0:c0 + window.shape[2]] = window
+    x, valid = normalize(buf, card, inplace=True)
     K = len(card.classes)
-    acc = np.zeros((K + 2, T, width), dtype="float32")
-    acc[K + 1] = valid
-    window = layout.window()
-    starts = [s + before for s in layout.x.starts]
+    acc = np.zeros((K + 1, T, width), dtype="float32")
+    win = layout.window()
+    starts = [s - x0 for s in layout.x.starts[n:last + 1]]
     todo = [s for s in starts if valid[:, s:s + T].any()]  # all-nodata tiles are skipped
-    if not todo:
-        return acc
-    probs = runner(np.stack([x[:, :, s:s + T] for s in todo]))
-    for s, p in zip(todo, probs):
-        acc[:K, :, s:s + T] += p * window
-        acc[K, :, s:s + T] += window
-    return acc
+    for i in range(0, len(todo), runner.batch_size):
+        batch = todo[i:i + runner.batch_size]
+        probs = runner(np.stack([x[:, :, s:s + T] for s in batch]))
+        for s, p in zip(batch, probs):
+            w = win * valid[:, s:s + T]
+            acc[:K, :, s:s + T] += p * w
+            acc[K, :, s:s + T] += w
+    pieces = []
+    for lo, hi, cl, ch in blocks:
+        a, b = max(lo, y0), min(hi, y0 + T, ny)
+        c, d = max(cl, x0), min(ch, x0 + width, nx)
+        pieces.append(np.ascontiguousarray(acc[:, a - y0:b - y0, c - x0:d - x0]))
+    return tuple(pieces)
 
 
-def _blend(lo: int, hi: int, layout: TileLayout, rows: list[tuple[int, np.ndarray]], K: int) -> np.ndarray:
-    """Output rows [lo, hi): weighted mean of the tile rows that reach them."""
-    before = layout.x.padded[0]
-    num = np.zeros((K, hi - lo, layout.nx), dtype="float32")
-    den = np.zeros((hi - lo, layout.nx), dtype="float32")
-    valid = np.zeros((hi - lo, layout.nx), dtype=bool)
-    for y0, acc in rows:
-        a, b = max(lo, y0), min(hi, y0 + layout.size)
-        if a >= b:
-            continue
-        src = acc[:, a - y0:b - y0, before:before + layout.nx]
-        num[:, a - lo:b - lo] += src[:K]
-        den[a - lo:b - lo] += src[K]
-        valid[a - lo:b - lo] |= src[K + 1] > 0
+def _blend(block: tuple[int, int, int, int], parts: list[tuple[int, int, np.ndarray]], K: int) -> np.ndarray:
+    """Output block rows [lo, hi) x cols [cl, ch): weighted mean of the pieces that reach it."""
+    lo, hi, cl, ch = block
+    num = np.zeros((K, hi - lo, ch - cl), dtype="float32")
+    den = np.zeros((hi - lo, ch - cl), dtype="float32")
+    for a, c, piece in parts:
+        b, d = a + piece.shape[1], c + piece.shape[2]
+        num[:, a - lo:b - lo, c - cl:d - cl] += piece[:K]
+        den[a - lo:b - lo, c - cl:d - cl] += piece[K]
     with np.errstate(invalid="ignore", divide="ignore"):
         out = num / den
-    out[:, ~valid | (den <= 0)] = np.nan
+    out[:, den <= 0] = np.nan  # no valid input reached these pixels
     return out
+
+
+#: Tiles per task along x: groups about this many pixels wide.
+GROUP_PIXELS = 2048
+
+
+def _group_size(layout: TileLayout) -> int:
+    return max(1, GROUP_PIXELS // layout.x.stride)
 
 
 def _stack_array(stack: xr.DataArray) -> dsa.Array:
@@ -220,19 +238,31 @@ def predict(
     layout = TileLayout(int(ny), int(nx), card.tile_size, card.halo)
     K = len(card.classes)
 
-    tile_rows = []
+    G = _group_size(layout)
+    rows, cols, groups = layout.output_rows(), layout.output_cols(G), layout.tile_groups(G)
+    # which output blocks each (tile row, tile group) task reaches with positive weight
+    reach: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for i, (lo, hi) in enumerate(rows):
+        for j, (cl, ch) in enumerate(cols):
+            for k in layout.y.contributors(lo, hi):
+                for g in sorted({l // G for l in layout.x.contributors(cl, ch)}):
+                    reach.setdefault((k, g), []).append((i, j))
+    pieces: dict[tuple[int, int], list] = {}
     # inference tasks land only on GPU workers when the cluster declares GPU resources
     with dask.annotate(resources={"GPU": 1}) if device.startswith("cuda") else contextlib.nullcontext():
-        for y0 in layout.y.starts:
-            a, b = max(0, y0), min(ny, y0 + layout.size)
-            tile_rows.append((y0, dask.delayed(_tile_row, pure=True)(data[:, a:b, :], y0, layout, runner)))
-    blocks = []
-    for lo, hi in layout.output_rows():
-        ks = layout.y.contributors(lo, hi)
-        rows = [tile_rows[k] for k in ks]
-        d = dask.delayed(_blend, pure=True)(lo, hi, layout, rows, K)
-        blocks.append(dsa.from_delayed(d, shape=(K, hi - lo, nx), dtype="float32"))
-    probs = dsa.concatenate(blocks, axis=1)
+        for (k, g), targets in sorted(reach.items()):
+            y0, x0 = layout.y.starts[k], layout.x.starts[groups[g][0]]
+            x1 = layout.x.starts[groups[g][1] - 1] + layout.size
+            window = data[:, max(0, y0):min(ny, y0 + layout.size), max(0, x0):min(nx, x1)]
+            boxes = tuple((*rows[i], *cols[j]) for i, j in targets)
+            task = dask.delayed(_tile_group, pure=True)(window, y0, x0, layout, runner, boxes)
+            for n, (i, j) in enumerate(targets):
+                pieces.setdefault((i, j), []).append((max(rows[i][0], y0), max(cols[j][0], x0), task[n]))
+    grid = []
+    for i, (lo, hi) in enumerate(rows):
+        grid.append([dsa.from_delayed(dask.delayed(_blend, pure=True)((lo, hi, cl, ch), pieces[i, j], K),
+                                      shape=(K, hi - lo, ch - cl), dtype="float32") for j, (cl, ch) in enumerate(cols)])
+    probs = dsa.block(grid)
     coords = {k: v for k, v in stack.coords.items() if set(v.dims) <= {"y", "x"}}
     out = xr.DataArray(probs, dims=("class", "y", "x"), coords=coords, name="probability")
     out = out.assign_coords({"class": card.class_ids, "class_name": ("class", [c.name for c in card.classes])})

@@ -104,3 +104,13 @@ class TileLayout:
         """Row blocks [lo, hi) of the output: one per tile row core."""
         s = self.y.stride
         return [(lo, min(lo + s, self.ny)) for lo in range(0, self.ny, s)]
+
+    def tile_groups(self, group: int) -> list[tuple[int, int]]:
+        """Tiles of a row split into groups of ``group`` tiles: [first, last + 1) indices."""
+        n = len(self.x.starts)
+        return [(g, min(g + group, n)) for g in range(0, n, group)]
+
+    def output_cols(self, group: int) -> list[tuple[int, int]]:
+        """Column blocks [lo, hi) of the output: the cores of ``group`` tiles each."""
+        w = self.x.stride * group
+        return [(lo, min(lo + w, self.nx)) for lo in range(0, self.nx, w)]

@@ -106,3 +106,16 @@ def test_classify_maps_ids_and_nodata():
     np.testing.assert_array_equal(c[valid], np.argmax(p, axis=0)[valid])
     np.testing.assert_allclose(f[valid], p.max(axis=0)[valid])
     assert cls.odc.geobox == probs.odc.geobox
+
+
+@pytest.mark.parametrize("group_pixels", [1, 40])  # one tile per task, and two
+def test_tile_groups_along_x_stitch_exactly(monkeypatch, group_pixels):
+    import geoseg.predict
+
+    monkeypatch.setattr(geoseg.predict, "GROUP_PIXELS", group_pixels)
+    card = make_card(tile_size=32, halo=8)
+    model = Model(card=card, network=FakeConvNet(2, 2).eval())
+    values = random_scene((70, 150), holes=True)
+    probs = predict(make_stack(values, ["red", "nir"], chunks=23), model, device="cpu")
+    assert probs.data.numblocks[2] > 3  # several column blocks
+    np.testing.assert_allclose(probs.values, whole_image(values, model), atol=2e-6, equal_nan=True)
