@@ -44,8 +44,8 @@ def post_classification(runner, pair: Pair) -> dict:
     label = f"{pair.dates[0]}_{pair.dates[1]}"
     key = f"change-{label}-{card.name}"
     if runner._done(key):
-        runner.report.products[key] = runner.previous[key]
-        return runner.previous[key]
+        runner.report.products.setdefault(key, runner.previous.get(key))
+        return runner.report.products[key]
     before = runner.scene(list(pair.before), "+".join(it.id for it in pair.before))
     after = runner.scene(list(pair.after), "+".join(it.id for it in pair.after))
     (cb, fb), (ca, fa) = _class_files(before), _class_files(after)
@@ -84,8 +84,8 @@ def model_based(runner, pair: Pair) -> dict:
     label = f"{pair.dates[0]}_{pair.dates[1]}"
     key = f"change-{label}-{card.name}"
     if runner._done(key):
-        runner.report.products[key] = runner.previous[key]
-        return runner.previous[key]
+        runner.report.products.setdefault(key, runner.previous.get(key))
+        return runner.report.products[key]
     runner.echo(f"  {key}")
     with runner.stage("load"):
         stack = load(list(pair.before) + list(pair.after), list(card.bands), **runner._grid_kwargs(card))

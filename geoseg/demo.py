@@ -1,53 +1,37 @@
-"""The README's main job, end to end on the embedded demo catalog.
+"""The README's main job: ``workflows/demo.yaml`` end to end.
 
-Starts the loopback STAC API and file server over ``catalogs/demo``, searches
-it by region, dates and cloud cover, loads five bands of every matching scene
-through HTTP onto a 10 m UTM grid, and writes an RGB quick-look COG and PNG per
-scene. Later stages (predict, stitch, vectorize, change) extend this job.
+It serves the embedded demo catalog on loopback (a real STAC API and a
+Range-capable COG server), searches it, segments every scene of the window
+with the geoseg-trained ``s2-water`` model, compares the two dates (class
+transitions and the bi-temporal ``oscd-urban-change`` model), and writes
+COGs, a GeoPackage styled for QGIS and a run manifest to ``out/demo/``, on a
+local Dask cluster.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from geoseg.catalog import make_query, search
-from geoseg.fetch import load
-from geoseg.quicklook import write_quicklook
-from geoseg.serve import LoopbackServers
-
 REPO = Path(__file__).resolve().parent.parent
+DEMO_WORKFLOW = REPO / "workflows" / "demo.yaml"
 
 
-@dataclass(frozen=True)
-class DemoConfig:
-    """What the demo does; the defaults are the README's demo."""
+def run(workflow: Path = DEMO_WORKFLOW, *, out: Path | None = None, echo=print, fresh: bool = True):
+    """Run the demo workflow (into ``out`` if given); returns the run report."""
+    import shutil
 
-    catalog: Path = REPO / "catalogs" / "demo"
-    out: Path = REPO / "out" / "demo"
-    region: str = "2.30,48.80,2.36,48.85"  # central Paris (OSCD "paris" scene)
-    datetime: str = "2016-01-01/2017-12-31"
-    max_cloud_cover: float = 20.0
-    bands: tuple[str, ...] = ("blue", "green", "red", "nir", "swir16")
-    resolution: float = 10.0
+    from geoseg.runner import run as run_job
+    from geoseg.workflow import read, resolve
 
+    job = resolve(read(workflow), base=workflow.parent)
+    if out is not None:
+        from dataclasses import replace
 
-def run(config: DemoConfig = DemoConfig(), *, echo=print) -> list[Path]:
-    """Run the demo; returns the files written."""
-    written: list[Path] = []
-    with LoopbackServers(config.catalog) as srv:
-        echo(f"STAC API   {srv.stac_url}  (rustac, in-memory backend)")
-        echo(f"COG server {srv.files_url}  (HTTP Range requests)")
-        query = make_query(region=config.region, datetime=config.datetime, max_cloud_cover=config.max_cloud_cover)
-        items = search(srv.stac_url, query)
-        echo(f"search {query.describe()}: {len(items)} item(s)")
-        for item in items:
-            stack = load(item, config.bands, region=config.region, resolution=config.resolution)
-            gb = stack.odc.geobox
-            echo(f"  {item.id}  {item.datetime:%Y-%m-%d}  cloud {item.properties.get('eo:cloud_cover', float('nan')):.1f}%  "
-                 f"-> {stack.sizes['band']} bands x {gb.shape.y} x {gb.shape.x} px, EPSG:{gb.crs.epsg}, {config.resolution:g} m")
-            cog, png = write_quicklook(stack, config.out / f"{item.id}_rgb.tif", config.out / f"{item.id}_rgb.png", overwrite=True)
-            written += [cog, png]
-    for path in written:
-        echo(f"wrote {path}")
-    return written
+        job = replace(job, output=Path(out).resolve())
+    if fresh and job.output.exists():  # the demo always shows a full run
+        shutil.rmtree(job.output)
+    report = run_job(job, echo=echo)
+    echo("")
+    echo(f"Open {job.output / (job.name + '.gpkg')} in QGIS (Layer > Add Layer > Vector): every layer comes styled.")
+    echo(f"Rasters: {job.output}/*_class.tif (classes), *_confidence.tif, *_change_probability_*.tif, quick-looks *_rgb.png")
+    return report

@@ -115,7 +115,7 @@ class Runner:
         return {}
 
     def _done(self, key: str) -> bool:
-        rec = self.previous.get(key)
+        rec = self.report.products.get(key) or self.previous.get(key)
         return bool(rec) and all(Path(p).exists() for p in rec.get("files", []))
 
     def _record(self, key: str, files: list[Path], **extra) -> None:
@@ -164,9 +164,10 @@ class Runner:
         card = read_card(model)
         key = "scene-" + "+".join(it.id for it in items) + f"-{card.name}"
         if self._done(key):
-            self.echo(f"  {key}: done in an earlier run, skipped")
-            self.report.products[key] = self.previous[key]
-            return self.previous[key]
+            if key not in self.report.products:
+                self.echo(f"  {key}: done in an earlier run, skipped")
+                self.report.products[key] = self.previous[key]
+            return self.report.products[key]
         self.echo(f"  {key}")
         files: list[Path] = []
         with self.stage("load"):
@@ -196,12 +197,13 @@ class Runner:
         }
 
     def _vectorize(self, class_cog: Path, confidence_cog: Path | None, card, *, layer: str, items) -> Path:
-        from geoseg.vectorize import vectorize_to_gpkg  # built with the vectorize issue
+        """Add (or replace) this scene's layer in the run's GeoPackage."""
+        from geoseg.vectorize import vectorize
 
         gpkg = self.out / f"{self.job.name}.gpkg"
-        vectorize_to_gpkg(class_cog, gpkg, layer=f"{layer}_{items[0].datetime:%Y%m%d}", card=card, confidence=confidence_cog,
-                          min_area_m2=self.job.products.min_area_m2, simplify_m=self.job.products.simplify_m,
-                          provenance=self._provenance(items, self.job.segment_model or self.job.change_model))
+        vectorize(class_cog, gpkg, confidence=confidence_cog, card=card, layer=f"{layer}_{items[0].datetime:%Y%m%d}",
+                  min_area=self.job.products.min_area_m2, simplify=self.job.products.simplify_m,
+                  provenance=self._provenance(items, self.job.segment_model), append=True, overwrite=True)
         return gpkg
 
     # ---------------------------------------------------------- the run
