@@ -26,6 +26,23 @@ def catalog_url(job: Job) -> Iterator[str]:
         yield srv.stac_url
 
 
+def check_tiling(card, tiling) -> None:
+    """The workflow's tiling overrides must make a valid card."""
+    from pydantic import ValidationError
+
+    from geoseg.models import ModelCard
+    from geoseg.workflow import WorkflowError
+
+    update = {k: v for k, v in (("tile_size", tiling.tile_size), ("halo", tiling.halo)) if v is not None}
+    if not update:
+        return
+    try:
+        ModelCard.model_validate({**card.model_dump(), **update})
+    except ValidationError as err:
+        raise WorkflowError(f"tiling: {err.errors()[0]['msg'].removeprefix('Value error, ')} (model {card.name!r})",
+                            fix="choose a tile_size that is a multiple of the model's size_divisor and more than 2 * halo") from None
+
+
 @dataclass(frozen=True)
 class PlanLine:
     what: str
@@ -45,6 +62,7 @@ def plan(job: Job, url: str) -> list[PlanLine]:
     def grid_tiles(card) -> tuple[tuple[int, int], int]:
         gbox = target_geobox(job.region, crs=job.crs, resolution=job.resolution or card.resolution)
         t = job.tiling
+        check_tiling(card, t)
         layout = TileLayout(gbox.shape.y, gbox.shape.x, t.tile_size or card.tile_size, t.halo if t.halo is not None else card.halo)
         return (gbox.shape.y, gbox.shape.x), layout.n_tiles
 
