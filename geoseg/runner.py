@@ -106,6 +106,13 @@ class Runner:
         self.cache = self.out / ".cache"
         self.report = Report(job=job.as_dict(), versions=_versions())
         self.previous = self._previous()
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove temporary files a killed run left (outputs are renamed into place only when complete)."""
+        if self.out.is_dir():
+            for p in self.out.glob(".*.tmp*"):
+                p.unlink(missing_ok=True)
 
     # ---------------------------------------------------------- bookkeeping
     def _previous(self) -> dict:
