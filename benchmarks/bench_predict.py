@@ -97,7 +97,7 @@ def throughput(workdir: Path, size: int) -> dict:
     import torch
 
     from geoseg.outputs import write_prediction
-    from geoseg.predict import Runner, predict
+    from geoseg.inference import Runner, predict
 
     model = real_model(4)
     card = model.card
@@ -151,7 +151,7 @@ def peak_rss_mib() -> float:
 def memory_child(size: int, workdir: str) -> None:
     """Runs in its own process: predict + write one scene, print peak RSS."""
     from geoseg.outputs import write_prediction
-    from geoseg.predict import predict
+    from geoseg.inference import predict
 
     workdir = Path(workdir)
     cog = workdir / f"scene{size}.tif"

@@ -5,6 +5,8 @@ Public API (lazy imports keep ``import geoseg`` and the CLI fast):
 
 * :func:`geoseg.search` -- items of a STAC API or static catalog
 * :func:`geoseg.load` -- band-aware lazy stack on one target grid
+* :func:`geoseg.predict` / :func:`geoseg.classify` -- tiled, stitched inference
+* :func:`geoseg.change` -- compare two dates (post-classification and model-based)
 * :class:`geoseg.LoopbackServers` -- serve a static catalog for real on loopback
 """
 
@@ -20,6 +22,11 @@ _EXPORTS = {
     "make_query": "geoseg.catalog",
     "Query": "geoseg.catalog",
     "load": "geoseg.fetch",
+    "predict": "geoseg.inference",
+    "classify": "geoseg.inference",
+    "change": "geoseg.compare",
+    "pair_scenes": "geoseg.compare",
+    "write_prediction": "geoseg.outputs",
     "resolve_bands": "geoseg.bands",
     "LoopbackServers": "geoseg.serve",
     "target_geobox": "geoseg.grid",
@@ -40,6 +47,9 @@ def __getattr__(name: str):
 if TYPE_CHECKING:  # pragma: no cover
     from geoseg.bands import resolve_bands
     from geoseg.catalog import Query, make_query, search
+    from geoseg.compare import change, pair_scenes
+    from geoseg.outputs import write_prediction
+    from geoseg.inference import classify, predict
     from geoseg.grid import target_geobox
     from geoseg.io import write_cog
     from geoseg.fetch import load

@@ -17,7 +17,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (xr.open_dataarray engine "rasterio")
 import xarray as xr
 
-from geoseg.change import Pair, change_probability, transition_codes, transition_colormap, transition_names, transition_table
+from geoseg.compare import Pair, change_probability, transition_codes, transition_colormap, transition_names, transition_table
 from geoseg.fetch import load
 from geoseg.io import RasterSpec, write_cogs
 from geoseg.models import ClassInfo, read_card

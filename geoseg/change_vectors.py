@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geoseg.change import UNKNOWN, Pair, TransitionTable, transition_colormap, transition_names
+from geoseg.compare import UNKNOWN, Pair, TransitionTable, transition_colormap, transition_names
 from geoseg.change_run import open_class_cog
 from geoseg.models import ClassInfo, ModelCard
 

@@ -255,6 +255,101 @@ def demo(
     run_demo(workflow or DEMO_WORKFLOW, out=out, echo=typer.echo)
 
 
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Training config YAML (schema: geoseg.train_config.TrainConfig; unknown keys are refused)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for NAME.safetensors and NAME.json (default: the config's directory)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA with mixed precision when present, else CPU float32), cpu, cuda, cuda:N."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine)."),
+    progress: bool = typer.Option(True, help="Show a progress bar with loss and validation metric."),
+) -> None:
+    """Train a band-aware model from labelled scenes; write its weights and model card.
+
+    Every input check (bands, label values, overlap, empty classes, chip size)
+    runs before the first training step. The card records the config, the data
+    files with their sha256, this command and the validation scores.
+    """
+    import shlex
+
+    from geoseg.train import train as run_train
+
+    argv = ["geoseg", "train", str(config)] + (["--out", str(out)] if out else []) + (["--device", device] if device != "auto" else []) \
+        + (["--threads", str(threads)] if threads else [])
+    res = run_train(config, out, device=None if device == "auto" else device, command=shlex.join(argv), threads=threads,
+                    progress=progress, log=typer.echo)
+    typer.echo(f"model card: {res.card_path}")
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Argument(..., help="Model card (.json) with its .safetensors beside it."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Eval config YAML: labelled scenes, label values per class, baselines (schema: geoseg.train_config.EvalConfig)."),
+    image: Optional[List[str]] = typer.Option(None, "--image", help="Instead of --config: imagery of one scene (a directory of band files or a multi-band file); twice for a change model, earlier first."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="With --image: label raster, or GeoPackage/GeoJSON (then --attribute)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="With --labels: raster whose grid a label file without georeferencing takes."),
+    attribute: Optional[str] = typer.Option(None, "--attribute", help="With vector --labels: the class attribute."),
+    values: Optional[List[str]] = typer.Option(None, "--values", help="With --image: CLASS=V[,V...] label values of a model class (repeat per class)."),
+    ignore: Optional[str] = typer.Option(None, "--ignore", help="With --image: comma-separated label values meaning 'no label'."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for the .eval.json and .eval.md reports (default: the config's, else the model's directory)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Tiles per network call."),
+) -> None:
+    """Score a model on labelled scenes: per-class IoU, F1, precision, recall and confusion matrix.
+
+    Predictions come from the same tiled, stitched full-scene path as `geoseg
+    predict` (no chips); unlabelled pixels are excluded. Writes NAME.eval.json
+    and NAME.eval.md.
+    """
+    import shlex
+
+    from geoseg.evaluate import evaluate as run_evaluate, report_paths, write_report
+    from geoseg.models import read_card
+    from geoseg.train_config import ConfigError, EvalConfig
+
+    card = read_card(model)
+    if (config is None) == (not image):
+        raise ConfigError("give either --config EVAL.yaml or --image (with --labels and --values)", fix="see geoseg evaluate --help")
+    if config is not None:
+        cfg, src = config, config
+    else:
+        if labels is None or not values:
+            raise ConfigError("--image needs --labels and at least one --values CLASS=V", fix="e.g. --values water=1 --values not-water=0 --ignore -1")
+        classes = []
+        for spec in values:
+            name, _, vals = spec.partition("=")
+            try:
+                classes.append({"name": name.strip(), "values": [int(v) for v in vals.split(",") if v.strip()]})
+            except ValueError:
+                raise ConfigError(f"--values {spec!r} is not CLASS=V[,V...] with integer values", fix="e.g. --values change=2") from None
+        lab = {"path": str(labels)}
+        if reference:
+            lab["reference"] = str(reference)
+        if attribute:
+            lab["attribute"] = attribute
+        try:
+            cfg = EvalConfig.model_validate({
+                "classes": classes, "ignore_values": [int(v) for v in (ignore or "").split(",") if v.strip()],
+                "scenes": [{"id": Path(image[0]).stem, "dates": list(image), "labels": lab}],
+            })
+        except Exception as err:
+            raise ConfigError(f"bad evaluate options: {str(err).splitlines()[-1].strip()}", fix="see geoseg evaluate --help") from None
+        src = None
+    out_dir = out or (config.parent if config is not None else Path(model).parent)
+    json_path, md_path = report_paths(out_dir, src, card.name)
+    argv = ["geoseg", "evaluate", str(model)] + (["--config", str(config)] if config else []) \
+        + sum((["--image", i] for i in image or []), []) + (["--labels", str(labels)] if labels else []) \
+        + (["--reference", str(reference)] if reference else []) + (["--attribute", attribute] if attribute else []) \
+        + sum((["--values", v] for v in values or []), []) + (["--ignore", ignore] if ignore else []) \
+        + (["--out", str(out)] if out else []) + (["--batch-size", str(batch_size)] if batch_size else [])
+    report = run_evaluate(model, cfg, device=None if device == "auto" else device, batch_size=batch_size,
+                          command=shlex.join(argv), log=typer.echo)
+    write_report(report, json_path, md_path)
+    for cname, s in report["overall"]["model"]["per_class"].items():
+        typer.echo(f"overall {cname}: IoU {s['iou'] if s['iou'] is None else round(s['iou'], 4)}  F1 {s['f1'] if s['f1'] is None else round(s['f1'], 4)}  "
+                   f"precision {s['precision'] if s['precision'] is None else round(s['precision'], 4)}  recall {s['recall'] if s['recall'] is None else round(s['recall'], 4)}")
+    typer.echo(f"wrote {json_path}\nwrote {md_path}")
+
+
 def _print_version(value: bool) -> None:
     # an eager option callback: runs while parsing, before click asks for a command
     if value:

@@ -6,7 +6,7 @@ The address comes from, in order: the ``--scheduler`` option, the
 processes is started for the run and closed after it. Workers that declare a
 ``GPU`` resource (``dask worker --resources GPU=1``, one worker per GPU) are
 the only ones that receive inference tasks when the model runs on CUDA
-(see :func:`geoseg.predict.predict`); reading and writing run anywhere.
+(see :func:`geoseg.inference.predict`); reading and writing run anywhere.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import xarray as xr
 
 from geoseg.io import RasterSpec, write_cogs
 from geoseg.models import ModelCard
-from geoseg.predict import classify
+from geoseg.inference import classify
 
 
 def class_colormap(card: ModelCard) -> dict[int, tuple[int, int, int, int]]:

@@ -15,7 +15,7 @@ from geoseg.contract import ContractError
 from geoseg.fetch import load
 from geoseg.models import read_card
 from geoseg.outputs import write_prediction
-from geoseg.predict import predict
+from geoseg.inference import predict
 from geoseg.region import RegionLike
 
 

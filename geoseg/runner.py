@@ -141,7 +141,7 @@ class Runner:
     # ---------------------------------------------------------- predicting
     def _predict_cached(self, stack, model_path: Path, key: str):
         """Probabilities of ``stack`` through the cluster, via the block cache."""
-        from geoseg.predict import predict
+        from geoseg.inference import predict
 
         t = self.job.tiling
         probs = predict(stack, model_path, device=self.job.device, batch_size=t.batch_size, tile_size=t.tile_size, halo=t.halo)
@@ -227,7 +227,7 @@ class Runner:
                 scenes = list(by_day.values())
             pair = None
             if job.before:
-                from geoseg.change import pair_scenes
+                from geoseg.compare import pair_scenes
 
                 pair = pair_scenes(catalog_url, job.region, job.before, job.after, collections=job.collections,
                                    max_cloud_cover=job.max_cloud_cover)

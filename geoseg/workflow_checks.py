@@ -78,7 +78,7 @@ def plan(job: Job, url: str) -> list[PlanLine]:
             shape, tiles = grid_tiles(card)
             lines.append(PlanLine(f"segment {day} with {card.name}", tuple(ids), shape, tiles))
     if job.before:
-        from geoseg.change import pair_scenes
+        from geoseg.compare import pair_scenes
 
         pair = pair_scenes(url, job.region, job.before, job.after, collections=job.collections, max_cloud_cover=job.max_cloud_cover)
         for path in (job.segment_model, job.change_model):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geoseg.change import (UNKNOWN, ChangeError, change_probability, pair_scenes, transition_codes, transition_colormap,
+from geoseg.compare import (UNKNOWN, ChangeError, change_probability, pair_scenes, transition_codes, transition_colormap,
                            transition_names, transition_table)
 from tests.helpers import make_card, make_stack
 

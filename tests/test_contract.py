@@ -7,7 +7,7 @@ import pytest
 
 from geoseg.contract import ContractError, conform
 from geoseg.models import Model
-from geoseg.predict import predict
+from geoseg.inference import predict
 from tests.helpers import make_card, make_stack
 from tests.test_predict_seams import FakeConvNet, random_scene
 

@@ -12,7 +12,7 @@ from rio_cogeo.cogeo import cog_validate
 from geoseg.errors import InputError
 from geoseg.models import Model
 from geoseg.outputs import write_prediction
-from geoseg.predict import predict
+from geoseg.inference import predict
 from tests.helpers import make_card, make_stack
 from tests.test_predict_seams import FakeConvNet, random_scene
 

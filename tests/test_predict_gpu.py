@@ -10,7 +10,7 @@ import torch
 
 import geoseg
 from geoseg.models import save
-from geoseg.predict import Runner, pick_device, predict
+from geoseg.inference import Runner, pick_device, predict
 from tests.test_predict_real import seeded_unet
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

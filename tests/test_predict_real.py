@@ -14,7 +14,7 @@ import torch
 
 import geoseg
 from geoseg.models import Model, build_network, load
-from geoseg.predict import normalize, predict
+from geoseg.inference import normalize, predict
 from geoseg.tiling import TileLayout
 from tests.helpers import make_card
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from geoseg.models import Model
-from geoseg.predict import classify, normalize, predict
+from geoseg.inference import classify, normalize, predict
 from tests.helpers import make_card, make_stack
 
 
@@ -110,9 +110,9 @@ def test_classify_maps_ids_and_nodata():
 
 @pytest.mark.parametrize("group_pixels", [1, 40])  # one tile per task, and two
 def test_tile_groups_along_x_stitch_exactly(monkeypatch, group_pixels):
-    import geoseg.predict
+    import geoseg.inference
 
-    monkeypatch.setattr(geoseg.predict, "GROUP_PIXELS", group_pixels)
+    monkeypatch.setattr(geoseg.inference, "GROUP_PIXELS", group_pixels)
     card = make_card(tile_size=32, halo=8)
     model = Model(card=card, network=FakeConvNet(2, 2).eval())
     values = random_scene((70, 150), holes=True)

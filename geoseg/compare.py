@@ -266,3 +266,82 @@ def change_probability(probs: xr.DataArray, card: ModelCard, change_class: int |
     elif isinstance(change_class, str):
         change_class = next(c.id for c in card.classes if c.name == change_class)
     return probs.sel({"class": change_class}).rename("change_probability")
+
+
+# ------------------------------------------------------------ the API
+
+@dataclass(frozen=True)
+class ChangeResult:
+    """What :func:`change` found: lazy rasters on one grid, computed on demand."""
+
+    pair: Pair
+    card: ModelCard | None
+    """Single-date model of the post-classification comparison."""
+    before: xr.DataArray | None
+    """Class ids of the before date (uint8, the card's nodata class where unknown)."""
+    after: xr.DataArray | None
+    transitions: xr.DataArray | None
+    """From→to codes (see :func:`transition_codes`)."""
+    change_card: ModelCard | None
+    """Bi-temporal model of the model-based comparison."""
+    probability: xr.DataArray | None
+    """Change probability from the bi-temporal model (NaN where unknown)."""
+
+    def table(self) -> TransitionTable:
+        """Transition areas in hectares (computes the post-classification rasters)."""
+        if self.transitions is None:
+            raise ChangeError("no post-classification comparison was made", fix="pass model= (a single-date model card)")
+        return transition_table(self.transitions, self.card)
+
+
+def _check_kind(card: ModelCard, steps: int, arg: str) -> None:
+    if card.time_steps != steps:
+        need = "single-date" if steps == 1 else "bi-temporal"
+        got = "bi-temporal" if card.time_steps == 2 else "single-date"
+        raise ChangeError(f"{arg}: model {card.name!r} is {got}, but {arg} takes a {need} model",
+                          fix="model= takes a single-date card (post-classification); change_model= a bi-temporal one (e.g. oscd-urban-change)")
+
+
+def change(
+    source: str,
+    region: RegionLike,
+    before: str,
+    after: str,
+    *,
+    model=None,
+    change_model=None,
+    collections: str | Sequence[str] = (),
+    max_cloud_cover: float | None = None,
+    device: str | None = None,
+    resolution: float | None = None,
+) -> ChangeResult:
+    """Compare two dates over ``region``: post-classification with ``model``
+    (a single-date card path) and/or model-based with ``change_model`` (a
+    bi-temporal card path). Lazy: nothing is predicted until a raster or
+    :meth:`ChangeResult.table` is computed. ``geoseg change`` (and workflow
+    runs) write the same products to disk.
+    """
+    from geoseg.fetch import load
+    from geoseg.models import read_card
+    from geoseg.inference import classify, predict
+
+    if model is None and change_model is None:
+        raise ChangeError("nothing to compare with", fix="pass model= (single-date card) and/or change_model= (bi-temporal card)")
+    card = read_card(model) if model is not None else None
+    ccard = read_card(change_model) if change_model is not None else None
+    if card is not None:
+        _check_kind(card, 1, "model")
+    if ccard is not None:
+        _check_kind(ccard, 2, "change_model")
+    pair = pair_scenes(source, region, before, after, collections=collections, max_cloud_cover=max_cloud_cover)
+    b = a = codes = prob = None
+    if card is not None:
+        res = resolution or card.resolution
+        grids = [load(list(items), list(card.bands), region=region, resolution=res).isel(time=0) for items in (pair.before, pair.after)]
+        b, _ = classify(predict(grids[0], model, device=device), card)
+        a, _ = classify(predict(grids[1], model, device=device), card)
+        codes = transition_codes(b, a, card)
+    if ccard is not None:
+        stack = load(list(pair.before) + list(pair.after), list(ccard.bands), region=region, resolution=resolution or ccard.resolution)
+        prob = change_probability(predict(stack, change_model, device=device), ccard)
+    return ChangeResult(pair=pair, card=card, before=b, after=a, transitions=codes, change_card=ccard, probability=prob)
