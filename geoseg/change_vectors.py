@@ -34,30 +34,38 @@ def _transition_card(card: ModelCard) -> ModelCard:
     return card.model_copy(update={"classes": classes, "nodata_class": UNKNOWN})
 
 
-def transition_polygons(runner, transitions_cog: Path, conf_before: Path, conf_after: Path, card: ModelCard,
-                        table: TransitionTable, label: str, pair: Pair) -> Path:
-    from geoseg.gpkg import LayerStyle, categories, write_layer
+def transition_frame(codes, card: ModelCard, conf_before, conf_after, *, min_area: float = 0.0, simplify: float = 0.0,
+                     provenance: dict | None = None):
+    """Polygons of the changed regions of a from→to raster (a lazy DataArray),
+    with from_class, to_class and each date's mean confidence."""
     from geoseg.vectorize import vectorize
 
     K = len(card.classes)
-    codes = open_class_cog(transitions_cog)
     same = np.isin(codes, [i * K + i for i in range(K)])
     changed = codes.where(~same, UNKNOWN).astype("uint8")  # no-change pixels are not polygons (.where keeps the grid)
-    tcard = _transition_card(card)
-    p = runner.job.products
-    prov = {"before": pair.dates[0], "after": pair.dates[1], "stac_items": ",".join(it.id for it in pair.before + pair.after),
-            "model": card.name, "model_version": card.version}
-    kw = dict(card=tcard, min_area=p.min_area_m2, simplify=p.simplify_m, provenance=prov)
+    kw = dict(card=_transition_card(card), min_area=min_area, simplify=simplify, provenance=provenance)
     before = vectorize(changed, None, confidence=conf_before, **kw)
     after = vectorize(changed, None, confidence=conf_after, **kw)
     gdf = before.rename(columns={"mean_confidence": "confidence_before"})
     gdf["confidence_after"] = after["mean_confidence"].to_numpy()
     gdf["from_class"] = [card.classes[c // K].name for c in gdf["class_id"]]
     gdf["to_class"] = [card.classes[c % K].name for c in gdf["class_id"]]
+    return gdf
+
+
+def transition_polygons(runner, transitions_cog: Path, conf_before: Path, conf_after: Path, card: ModelCard,
+                        table: TransitionTable, label: str, pair: Pair) -> Path:
+    from geoseg.gpkg import LayerStyle, categories, write_layer
+
+    p = runner.job.products
+    prov = {"before": pair.dates[0], "after": pair.dates[1], "stac_items": ",".join(it.id for it in pair.before + pair.after),
+            "model": card.name, "model_version": card.version}
+    gdf = transition_frame(open_class_cog(transitions_cog), card, conf_before, conf_after,
+                           min_area=p.min_area_m2, simplify=p.simplify_m, provenance=prov)
     gpkg = _gpkg(runner)
-    layer = f"{card.name}_transitions_{label}"
-    write_layer([gdf], gpkg, layer, metadata=prov, description=f"{card.name}: class transitions {pair.dates[0]} -> {pair.dates[1]}",
-                style=LayerStyle("class_id", categories(tcard.classes)), append=True, overwrite=True)
+    write_layer([gdf], gpkg, f"{card.name}_transitions_{label}", metadata=prov,
+                description=f"{card.name}: class transitions {pair.dates[0]} -> {pair.dates[1]}",
+                style=LayerStyle("class_id", categories(_transition_card(card).classes)), append=True, overwrite=True)
     _write_table(gpkg, f"{card.name}_transition_areas_{label}", table)
     return gpkg
 

@@ -9,6 +9,7 @@ Set ``GEOSEG_DEBUG=1`` to see tracebacks.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -187,6 +188,56 @@ def run(
     from geoseg.runner import run as run_job
 
     run_job(_job(workflow), scheduler=scheduler, echo=typer.echo)
+
+
+@app.command("change")
+def change_cmd(
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    out_dir: Path = typer.Argument(..., help="Output directory (COGs, CSV, GeoPackage, run.json)."),
+    region: str = typer.Option(..., "--region", "--bbox", "-r", help=REGION_HELP),
+    before: str = typer.Option(..., "--before", help="Date window of the earlier scene, e.g. 2016 or 2016-03-01/2016-06-30."),
+    after: str = typer.Option(..., "--after", help="Date window of the later scene."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Single-date model card: post-classification transitions."),
+    change_model: Optional[Path] = typer.Option(None, "--change-model", help="Bi-temporal model card: model-based change."),
+    collections: Optional[str] = typer.Option(None, "--collections", "-c", help="Comma-separated collection ids."),
+    max_cloud: Optional[float] = typer.Option(None, "--max-cloud", help="Largest eo:cloud_cover, percent."),
+    min_area: float = typer.Option(0.0, "--min-area", help="Drop change polygons smaller than this (m2)."),
+    simplify: float = typer.Option(0.0, "--simplify", help="Topology-preserving simplification tolerance (m)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    workers: int = typer.Option(2, "--workers", help="Local Dask worker processes."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Existing Dask scheduler address."),
+) -> None:
+    """Compare two dates over a region: class transitions (--model), model-based change (--change-model), area tables and polygons."""
+    from geoseg.catalog import parse_interval
+    from geoseg.compare import ChangeError, _check_kind
+    from geoseg.models import read_card
+    from geoseg.region import to_region
+    from geoseg.runner import run as run_job
+    from geoseg.workflow import WorkflowSpec, resolve
+
+    if model is None and change_model is None:
+        raise ChangeError("nothing to compare with", fix="give --model (single-date card) and/or --change-model (bi-temporal card)")
+    for path, steps, arg in ((model, 1, "--model"), (change_model, 2, "--change-model")):
+        if path is not None:
+            _check_kind(read_card(path), steps, arg)
+
+    def window(text: str) -> dict:
+        start, end = parse_interval(text)
+        if start is None or end is None:
+            raise ChangeError(f"date window {text!r} must have both ends", fix="e.g. 2016 or 2016-03-01/2016-06-30")
+        return {"start": start.date().isoformat(), "end": end.date().isoformat()}
+
+    b = to_region(region).boundingbox
+    spec = WorkflowSpec.model_validate({
+        "name": re.sub(r"[^A-Za-z0-9_.-]", "_", out_dir.resolve().name).lstrip("._-") or "change",
+        "region": {"bbox": [b.left, b.bottom, b.right, b.top]},
+        "catalog": {"url": source, "collections": [c for c in (collections or "").split(",") if c], "max_cloud_cover": max_cloud},
+        "change": {"before": window(before), "after": window(after)},
+        "models": {"segment": str(model.resolve()) if model else None, "change": str(change_model.resolve()) if change_model else None},
+        "products": {"quicklook": False, "min_area_m2": min_area, "simplify_m": simplify},
+        "output": str(out_dir.resolve()), "dask": {"workers": workers}, "device": device,
+    })
+    run_job(resolve(spec, base=Path.cwd()), scheduler=scheduler, echo=typer.echo)
 
 
 @app.command()

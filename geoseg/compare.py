@@ -43,6 +43,10 @@ class ChangeError(InputError):
     """A change request that cannot be served as given."""
 
 
+class NoSceneError(NoDataError):
+    """A date window with no usable scene over the region (exit code 3)."""
+
+
 @dataclass(frozen=True)
 class Pair:
     """The scenes chosen for each date window (several when mosaicked)."""
@@ -119,7 +123,7 @@ def pair_scenes(
         try:
             items = search(source, make_query(collections=collections, region=region, datetime=window, max_cloud_cover=max_cloud_cover))
         except NoDataError:
-            raise ChangeError(
+            raise NoSceneError(
                 f"no scene in the {name} window {window!r} over the region"
                 + (f" with at most {max_cloud_cover:g}% cloud" if max_cloud_cover is not None else "")
                 + f"; {_nearest_dates(source, region, collections, window, max_cloud_cover)}",

@@ -84,7 +84,9 @@ def test_pair_scenes_on_the_demo_catalog():
 
 
 def test_window_without_scene_names_nearest_dates():
-    with pytest.raises(ChangeError) as err:
+    from geoseg.compare import NoSceneError
+
+    with pytest.raises(NoSceneError) as err:
         pair_scenes(str(DEMO), PARIS, "2016", "2019")
     msg = str(err.value)
     assert "after window '2019'" in msg and "2017-11-07" in msg
@@ -100,3 +102,25 @@ def test_grids_that_do_not_overlap(card):
     b = make_stack(np.zeros((1, 10, 10), "float32"), ["class"], resolution=20).isel(band=0).astype("uint8")
     with pytest.raises(ChangeError, match="not on the same grid"):
         transition_codes(a, b, card)
+
+
+def test_changed_square_is_one_polygon_with_classes_and_area(card):
+    from geoseg.change_vectors import transition_frame
+
+    before = np.zeros((60, 80), "uint8")
+    before[:, 40:] = 1
+    after = before.copy()
+    after[10:20, 5:15] = 2  # 10 x 10 px of class 0 became class 2
+    after[30:34, 50:53] = 0  # and 4 x 3 px of class 1 became class 0
+    b, a = class_raster(before), class_raster(after)
+    conf_b = make_stack(np.full((1, 60, 80), 0.9, "float32"), ["c"]).isel(band=0)
+    conf_a = make_stack(np.full((1, 60, 80), 0.6, "float32"), ["c"]).isel(band=0)
+    gdf = transition_frame(transition_codes(b, a, card), card, conf_b, conf_a)
+    assert len(gdf) == 2
+    square = gdf[gdf["to_class"] == "class 2"].iloc[0]
+    assert square["from_class"] == "class 0" and square["area_m2"] == 100 * 100.0
+    assert square.geometry.area == pytest.approx(100 * 100.0)
+    assert square["confidence_before"] == pytest.approx(0.9) and square["confidence_after"] == pytest.approx(0.6)
+    other = gdf[gdf["to_class"] == "class 0"].iloc[0]
+    assert other["from_class"] == "class 1" and other["area_m2"] == 12 * 100.0
+    assert gdf.crs.to_epsg() == 32631 and gdf.geometry.is_valid.all()
