@@ -10,6 +10,7 @@ COG, a thresholded change COG and change polygons.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import dask
@@ -38,14 +39,22 @@ def _class_files(record: dict) -> tuple[Path, Path]:
     return cls, conf
 
 
-def post_classification(runner, pair: Pair) -> dict:
-    job = runner.job
-    card = read_card(job.segment_model)
+def _product(runner, model: Path, pair: Pair):
+    """(card, date label, product key, record if already done)."""
+    card = read_card(model)
     label = f"{pair.dates[0]}_{pair.dates[1]}"
     key = f"change-{label}-{card.name}"
+    done = None
     if runner._done(key):
-        runner.report.products.setdefault(key, runner.previous.get(key))
-        return runner.report.products[key]
+        done = runner.report.products.setdefault(key, runner.previous.get(key))
+    return card, label, key, done
+
+
+def post_classification(runner, pair: Pair) -> dict:
+    job = runner.job
+    card, label, key, done = _product(runner, job.segment_model, pair)
+    if done:
+        return done
     before = runner.scene(list(pair.before), "+".join(it.id for it in pair.before))
     after = runner.scene(list(pair.after), "+".join(it.id for it in pair.after))
     (cb, fb), (ca, fa) = _class_files(before), _class_files(after)
@@ -80,12 +89,9 @@ def post_classification(runner, pair: Pair) -> dict:
 
 def model_based(runner, pair: Pair) -> dict:
     job = runner.job
-    card = read_card(job.change_model)
-    label = f"{pair.dates[0]}_{pair.dates[1]}"
-    key = f"change-{label}-{card.name}"
-    if runner._done(key):
-        runner.report.products.setdefault(key, runner.previous.get(key))
-        return runner.report.products[key]
+    card, label, key, done = _product(runner, job.change_model, pair)
+    if done:
+        return done
     runner.echo(f"  {key}")
     with runner.stage("load"):
         stack = load(list(pair.before) + list(pair.after), list(card.bands), **runner._grid_kwargs(card))
@@ -120,8 +126,6 @@ def model_based(runner, pair: Pair) -> dict:
             from geoseg.change_vectors import change_polygons
 
             files.append(change_polygons(runner, cls_cog, prob_cog, classes, label, pair, card))
-    import shutil
-
     shutil.rmtree(runner.cache / key, ignore_errors=True)
     runner._record(key, files)
     return runner.report.products[key]
