@@ -92,21 +92,21 @@ def test_demo_workflow_produces_every_product(tmp_path, capsys):
     report = run(out=tmp_path / "demo")
     out = tmp_path / "demo"
     names = sorted(p.name for p in out.iterdir())
-    for scene in ("S2A_31UDQ_20161130_0_L1C", "S2_31UDQ_20171107_0_L1C"):
+    for scene in ("S2A_30TXT_20150821_0_L1C", "S2_30TXT_20171014_0_L1C"):
         for suffix in ("_rgb.tif", "_rgb.png", "_s2-water_class.tif", "_s2-water_confidence.tif"):
             assert scene + suffix in names
-    dates = "2016-11-30_2017-11-07"
+    dates = "2015-08-21_2017-10-14"
     for name in (f"demo_transitions_{dates}.tif", f"demo_transitions_{dates}.csv", f"demo_change_probability_{dates}.tif",
                  f"demo_change_{dates}.tif", "demo.gpkg", "run.json"):
         assert name in names, names
     for tif in out.glob("*.tif"):
         assert cog_validate(str(tif))[0], tif
     layers = {name for name, _ in pyogrio.list_layers(out / "demo.gpkg")}
-    assert {"s2-water_20161130", "s2-water_20171107", f"s2-water_transitions_{dates}", f"s2-water_transition_areas_{dates}",
+    assert {"s2-water_20150821", "s2-water_20171014", f"s2-water_transitions_{dates}", f"s2-water_transition_areas_{dates}",
             f"oscd-urban-change_{dates}", "layer_styles"} <= layers
     manifest = json.loads((out / "run.json").read_text())
-    assert manifest["job"]["window"] == "2016-01-01/2017-12-31"
-    assert set(manifest["items"]) == {"S2A_31UDQ_20161130_0_L1C", "S2_31UDQ_20171107_0_L1C"}
+    assert manifest["job"]["window"] == "2015-01-01/2017-12-31"
+    assert set(manifest["items"]) == {"S2A_30TXT_20150821_0_L1C", "S2_30TXT_20171014_0_L1C"}
     assert all(h["href"] if isinstance(h, dict) else True for h in manifest["items"].values())
     assert manifest["models"]["s2-water.json"]["sha256"] and manifest["versions"]["torch"]
     assert {"search", "predict", "write", "change", "vectorize", "total"} <= set(manifest["timings"])
