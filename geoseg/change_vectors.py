@@ -17,21 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geoseg.compare import UNKNOWN, Pair, TransitionTable, transition_colormap, transition_names
+from geoseg.compare import UNKNOWN, Pair, TransitionTable, transition_card
 from geoseg.change_run import open_class_cog
-from geoseg.models import ClassInfo, ModelCard
+from geoseg.models import ModelCard
 
 
 def _gpkg(runner) -> Path:
     return runner.out / f"{runner.job.name}.gpkg"
-
-
-def _transition_card(card: ModelCard) -> ModelCard:
-    names, cmap = transition_names(card), transition_colormap(card)
-    K = len(card.classes)
-    changed = [code for code in names if code // K != code % K]
-    classes = tuple(ClassInfo(id=c, name=names[c], color=cmap[c][:3]) for c in changed)
-    return card.model_copy(update={"classes": classes, "nodata_class": UNKNOWN})
 
 
 def transition_frame(codes, card: ModelCard, conf_before, conf_after, *, min_area: float = 0.0, simplify: float = 0.0,
@@ -43,7 +35,7 @@ def transition_frame(codes, card: ModelCard, conf_before, conf_after, *, min_are
     K = len(card.classes)
     same = np.isin(codes, [i * K + i for i in range(K)])
     changed = codes.where(~same, UNKNOWN).astype("uint8")  # no-change pixels are not polygons (.where keeps the grid)
-    kw = dict(card=_transition_card(card), min_area=min_area, simplify=simplify, provenance=provenance)
+    kw = dict(card=transition_card(card, changes_only=True), min_area=min_area, simplify=simplify, provenance=provenance)
     before = vectorize(changed, None, confidence=conf_before, **kw)
     after = vectorize(changed, None, confidence=conf_after, **kw)
     gdf = before.rename(columns={"mean_confidence": "confidence_before"})
@@ -65,7 +57,7 @@ def transition_polygons(runner, transitions_cog: Path, conf_before: Path, conf_a
     gpkg = _gpkg(runner)
     write_layer([gdf], gpkg, f"{card.name}_transitions_{label}", metadata=prov,
                 description=f"{card.name}: class transitions {pair.dates[0]} -> {pair.dates[1]}",
-                style=LayerStyle("class_id", categories(_transition_card(card).classes)), append=True, overwrite=True)
+                style=LayerStyle("class_id", categories(transition_card(card, changes_only=True).classes)), append=True, overwrite=True)
     _write_table(gpkg, f"{card.name}_transition_areas_{label}", table)
     return gpkg
 

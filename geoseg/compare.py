@@ -181,19 +181,40 @@ def transition_names(card: ModelCard) -> dict[int, str]:
             for i, a in enumerate(card.classes) for j, b in enumerate(card.classes)}
 
 
+#: Strong, distinct colours for changes (a change *to* a pale class must not vanish into the pale no-change background).
+CHANGE_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+                 (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207))
+
+
 def transition_colormap(card: ModelCard) -> dict[int, tuple[int, int, int, int]]:
-    """No change: the class colour, faded to 35 % toward white; change: the
-    colour of the class it became, at full strength; unknown: transparent."""
+    """No change: the class colour faded to 35 % toward white; each change
+    its own strong colour (:data:`CHANGE_COLORS`); unknown: transparent."""
     K = len(card.classes)
     cmap = {}
+    n = 0
     for i, a in enumerate(card.classes):
-        for j, b in enumerate(card.classes):
+        for j in range(K):
             if i == j:
                 cmap[i * K + j] = tuple(int(255 - 0.35 * (255 - c)) for c in a.color) + (255,)
             else:
-                cmap[i * K + j] = (*b.color, 255)
+                cmap[i * K + j] = (*CHANGE_COLORS[n % len(CHANGE_COLORS)], 255)
+                n += 1
     cmap[UNKNOWN] = (0, 0, 0, 0)
     return cmap
+
+
+def transition_card(card: ModelCard, *, changes_only: bool = False) -> ModelCard:
+    """A card whose classes are ``card``'s from→to transitions (ids as
+    :func:`transition_codes` writes them, names from :func:`transition_names`,
+    colours from :func:`transition_colormap`; nodata = unknown): legends,
+    :func:`geoseg.vectorize.vectorize` and QGIS styles take it like any card."""
+    from geoseg.models import ClassInfo
+
+    names, cmap = transition_names(card), transition_colormap(card)
+    K = len(card.classes)
+    codes = [c for c in sorted(names) if not changes_only or c // K != c % K]
+    classes = tuple(ClassInfo(id=c, name=names[c], color=cmap[c][:3]) for c in codes)
+    return card.model_copy(update={"classes": classes, "nodata_class": UNKNOWN})
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ offset, nodata becoming NaN. Nothing is read until the result is computed.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlparse
@@ -28,6 +29,10 @@ from geoseg.grid import target_geobox
 from geoseg.region import RegionLike, to_region
 
 _RIO_CONFIGURED = False
+
+# rasterio's spurious warning when odc-loader warps a window into a NumPy array
+# (opendatacube/odc-geo#131; the pixels are right): not the user's concern.
+warnings.filterwarnings("ignore", message="Dataset has no geotransform", module="rasterio.warp")
 
 
 def configure_gdal() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +31,17 @@ import pystac
 import requests
 
 from geoseg.errors import CatalogUnavailableError, InputError
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: have the kernel send SIGTERM to the server when the process
+    that started it dies, even by SIGKILL (no orphaned STAC API)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -171,6 +183,7 @@ class LoopbackServers:
         self._proc = subprocess.Popen(
             [rustac_executable(), "serve", "--addr", f"{self.host}:{self.stac_port}", *hrefs],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         try:
             _wait_until_up(self.stac_url + "/", process=self._proc, timeout=self.startup_timeout)

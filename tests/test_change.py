@@ -65,7 +65,11 @@ def test_unknown_pixels_are_neither_change_nor_no_change(card):
 def test_transition_colours_and_rows(card):
     cmap = transition_colormap(card)
     assert cmap[UNKNOWN][3] == 0
-    assert cmap[0 * 3 + 2][:3] == card.classes[2].color
+    from geoseg.compare import CHANGE_COLORS
+
+    changes = [cmap[c][:3] for c in range(9) if c // 3 != c % 3]
+    assert len(set(changes)) == 6 and set(changes) <= set(CHANGE_COLORS)  # each change its own strong colour
+    assert cmap[4][:3] == tuple(int(255 - 0.35 * (255 - v)) for v in card.classes[1].color)  # no change: faded class colour
     rows = transition_table(transition_codes(class_raster(np.zeros((4, 4), "uint8")), class_raster(np.ones((4, 4), "uint8")), card), card).rows()
     assert {r["from_class"] for r in rows} == {"class 0", "class 1", "class 2"} and len(rows) == 9
     assert [r for r in rows if r["area_ha"] > 0] == [{"from_class": "class 0", "to_class": "class 1", "changed": 1, "area_ha": 0.16}]
