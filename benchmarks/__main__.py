@@ -5,7 +5,11 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"predict": "benchmarks.bench_predict"}
+BENCHMARKS = {
+    "predict": "benchmarks.bench_predict",
+    "vectorize": "benchmarks.bench_vectorize",
+    "workflow": "benchmarks.bench_workflow",
+}
 
 
 def main(argv: list[str]) -> None:

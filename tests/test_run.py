@@ -107,7 +107,8 @@ def test_demo_workflow_produces_every_product(tmp_path, capsys):
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["job"]["window"] == "2015-01-01/2017-12-31"
     assert set(manifest["items"]) == {"S2A_30TXT_20150821_0_L1C", "S2_30TXT_20171014_0_L1C"}
-    assert all(h["href"] if isinstance(h, dict) else True for h in manifest["items"].values())
+    hrefs = [href for item in manifest["items"].values() for href in item["assets"].values()]
+    assert hrefs and all(h.startswith("http://127.0.0.1:") for h in hrefs)
     assert manifest["models"]["s2-water.json"]["sha256"] and manifest["versions"]["torch"]
     assert {"search", "predict", "write", "change", "vectorize", "total"} <= set(manifest["timings"])
     assert report.counts["tiles_computed"] == report.counts["tiles_total"] > 0
