@@ -113,6 +113,29 @@ def test_demo_workflow_produces_every_product(tmp_path, capsys):
     assert {"search", "predict", "write", "change", "vectorize", "total"} <= set(manifest["timings"])
     assert report.counts["tiles_computed"] == report.counts["tiles_total"] > 0
     assert not (out / ".geoseg.lock").exists() and not (out / ".cache").exists()
+    qgis_opens_every_layer_styled(out / "demo.gpkg", [name for name, kind in pyogrio.list_layers(out / "demo.gpkg") if kind])
+
+
+def qgis_opens_every_layer_styled(gpkg: Path, layers: list[str]) -> None:
+    """QGIS itself opens each layer with its default categorized style and renders its colours."""
+    import json
+
+    from tests.test_vectorize import SYSTEM_PY, _qgis_missing
+
+    missing = _qgis_missing()
+    if missing:
+        pytest.skip(f"QGIS check skipped: {missing}")
+    for layer in layers:
+        png = gpkg.with_name(f"{layer}.png")
+        r = subprocess.run([SYSTEM_PY, str(REPO / "tests" / "qgis_check.py"), str(gpkg), layer, str(png)], capture_output=True,
+                           text=True, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"}, timeout=120)
+        assert r.returncode == 0, (layer, r.stdout + r.stderr)
+        info = json.loads(r.stdout.strip().splitlines()[-1])
+        assert info["renderer"] == "categorizedSymbol" and info["field"] == "class_id" and info["categories"], layer
+        if info["features"]:
+            with rasterio.open(png) as ds:
+                seen = {tuple(p) for p in np.unique(ds.read()[:3].reshape(3, -1).T, axis=0).tolist()}
+            assert any(tuple(c["color"]) in seen for c in info["categories"]), (layer, info["categories"])
 
 
 def test_worker_killed_mid_run_still_completes(tmp_path, seg_model, reference):
