@@ -380,7 +380,7 @@ def evaluate(
         try:
             cfg = EvalConfig.model_validate({
                 "classes": classes, "ignore_values": [int(v) for v in (ignore or "").split(",") if v.strip()],
-                "scenes": [{"id": Path(image[0]).stem, "dates": list(image), "labels": lab}],
+                "scenes": [{"id": labels.stem, "dates": list(image), "labels": lab}],
             })
         except Exception as err:
             raise ConfigError(f"bad evaluate options: {str(err).splitlines()[-1].strip()}", fix="see geoseg evaluate --help") from None

@@ -232,7 +232,9 @@ def save(network, card: ModelCard, directory: str | Path, *, half: bool = False)
     weights = directory / f"{card.name}.safetensors"
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in network.state_dict().items()}
     with atomic_path(weights, overwrite=True) as tmp:
-        save_file(state, str(tmp), metadata={"geoseg_model": card.name, "version": card.version})
+        # one metadata key: safetensors writes metadata in hash-map order, so two keys made the file bytes
+        # (and the sha256 in the card) differ between saves of identical weights
+        save_file(state, str(tmp), metadata={"geoseg_model": f"{card.name} {card.version}"})
     card = card.model_copy(update={"weights": weights.name, "weights_sha256": sha256_file(weights)})
     out = directory / f"{card.name}.json"
     with atomic_path(out, overwrite=True) as tmp:
