@@ -57,6 +57,7 @@ Guarantees
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import math
@@ -549,6 +550,27 @@ def _polygonize_block(k: int, r0: int, c0: int, vals: np.ndarray, cvals: np.ndar
     return _Block(lvals, valid, polys, counts, csum, cn, edges, edge_values)
 
 
+@contextlib.contextmanager
+def _warnings_kept():
+    """Restore the process's warning filters and handlers after the worker threads.
+
+    ``warnings.catch_warnings`` is not thread-safe, and shapely calls it inside
+    functions the workers use (``is_valid``, ``total_bounds``): two workers
+    entering and leaving it at once can leave a stale state behind, e.g. an
+    "ignore everything" filter that would silence every later warning of the
+    process (ours and the caller's). The state is put back once they are done.
+    """
+    filters, show, impl = warnings.filters[:], warnings.showwarning, getattr(warnings, "_showwarnmsg_impl", None)
+    try:
+        yield
+    finally:
+        warnings.filters[:] = filters
+        warnings.showwarning = show
+        if impl is not None:
+            warnings._showwarnmsg_impl = impl
+        warnings._filters_mutated()
+
+
 def _computed_blocks(reader: _Reader, conf: _Reader | None, meta: ClassRaster, block: int, sieve, tol_px: float, smooth: bool,
                      workers: int = 2):
     """(block position, _Block) in row-major order; reads in this thread, polygonizes
@@ -558,7 +580,7 @@ def _computed_blocks(reader: _Reader, conf: _Reader | None, meta: ClassRaster, b
 
     todo = iter(enumerate(_blocks(meta.shape, block)))
     queue: deque = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geoseg-vectorize") as ex:
+    with _warnings_kept(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geoseg-vectorize") as ex:
         def submit() -> bool:
             nxt = next(todo, None)
             if nxt is None:
