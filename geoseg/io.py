@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -124,7 +125,7 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
                 datasets.append(rasterio.open(
                     stage, "w", driver="GTiff", width=geobox.shape.x, height=geobox.shape.y, count=arr.shape[0],
                     dtype=dtype.name, crs=geobox.crs.to_wkt(), transform=geobox.transform, nodata=spec.nodata,
-                    tiled=True, blockxsize=blocksize, blockysize=blocksize, compress="deflate", BIGTIFF="IF_SAFER",
+                    tiled=True, blockxsize=blocksize, blockysize=blocksize, compress="zstd", ZSTD_LEVEL=1, BIGTIFF="IF_SAFER",  # temporary: fast
                 ))
             for spec, ds in zip(specs, datasets):  # metadata first: GDAL cannot add a colour table after pixels
                 for i, desc in enumerate(spec.descriptions or [], start=1):
@@ -138,12 +139,17 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
             dsa.store(arrays, [_WindowWriter(ds) for ds in datasets], lock=False)
             for ds in datasets:
                 ds.close()
-            for spec, stage, tmp_cog, arr in zip(specs, stages, tmp_cogs, arrays):
+            def finalize(spec: RasterSpec, stage: Path, tmp_cog: Path, arr) -> None:
                 rs = spec.overview_resampling.upper()
                 rasterio.shutil.copy(
                     stage, tmp_cog, driver="COG", COMPRESS="DEFLATE", PREDICTOR=2 if arr.dtype.kind in "iu" else 3,
                     BLOCKSIZE=blocksize, OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=rs, RESAMPLING=rs, BIGTIFF="IF_SAFER",
                 )
+
+            # one COG per thread: GDAL releases the GIL while it compresses and builds overviews
+            with ThreadPoolExecutor(max_workers=min(len(specs), os.cpu_count() or 1)) as pool:
+                for f in [pool.submit(finalize, *args) for args in zip(specs, stages, tmp_cogs, arrays)]:
+                    f.result()
         finally:
             for ds in datasets:
                 if not ds.closed:
