@@ -15,7 +15,6 @@ from pathlib import Path
 
 import dask
 import numpy as np
-import rioxarray  # noqa: F401  (xr.open_dataarray engine "rasterio")
 import xarray as xr
 
 from geoseg.compare import Pair, change_probability, transition_codes, transition_colormap, transition_names, transition_table

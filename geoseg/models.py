@@ -222,7 +222,6 @@ def load(card: str | Path | ModelCard, *, weights: str | Path | None = None, dev
 
 def save(network, card: ModelCard, directory: str | Path, *, half: bool = False) -> Path:
     """Write ``NAME.safetensors`` and ``NAME.json`` (with the weights' sha256) atomically."""
-    import torch
     from safetensors.torch import save_file
 
     from geoseg.io import atomic_path

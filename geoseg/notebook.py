@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Sequence
