@@ -72,6 +72,21 @@ def _versions() -> dict:
     return out
 
 
+def _tiles_to_compute(layout: TileLayout, cache: Path) -> int:
+    """Tiles that the output blocks missing from ``cache`` need (blocks are row x column-group, as
+    :func:`geoseg.inference.predict` lays them out; cache files are named by block index)."""
+    from geoseg.inference import _group_size
+
+    g = _group_size(layout)
+    rows, cols = layout.output_rows(), layout.output_cols(g)
+    need = set()
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            if not (cache / f"b0_{i}_{j}.npy").exists():
+                need.update((k, l) for k in layout.y.contributors(*r) for l in layout.x.contributors(*c))
+    return len(need)
+
+
 class _Stage:
     def __init__(self, report: Report, name: str, echo):
         self.report, self.name, self.echo = report, name, echo
@@ -148,12 +163,11 @@ class Runner:
         card = read_card(model_path)
         layout = TileLayout(probs.sizes["y"], probs.sizes["x"], t.tile_size or card.tile_size, t.halo if t.halo is not None else card.halo)
         cache = self.cache / key
-        missing = [i for i, (lo, hi) in enumerate(layout.output_rows()) if not (cache / f"b0_{i}_0.npy").exists()]
-        rows = {k for i in missing for k in layout.y.contributors(*layout.output_rows()[i])}
+        tiles = _tiles_to_compute(layout, cache)
         m = materialize(probs.data, cache, on_block=_progress(self.echo, key))
         c = self.report.counts
         c["tiles_total"] += layout.n_tiles
-        c["tiles_computed"] += len(rows) * len(layout.x.starts)
+        c["tiles_computed"] += tiles
         c["blocks_computed"] += m.computed
         c["blocks_reused"] += m.reused
         return xr.DataArray(cached_array(cache), dims=probs.dims, coords=probs.coords, attrs=probs.attrs, name=probs.name)
