@@ -1,12 +1,14 @@
 """Tiled inference over a lazy stack, stitched without seams.
 
-:func:`predict` builds a dask graph with one task per *row of tiles* (read
-that strip of the stack, normalize, run the network on its tiles in batches,
-weight each tile by the blend window of :mod:`geoseg.tiling`) and one task per
-*output row block* (sum the weighted predictions of the two or three tile rows
-that reach it, divide by the summed weights). Each output block depends only
-on neighbouring tile rows, so dask streams the scene: memory is bounded by a
-few rows of tiles, never by the scene, and there is no whole-scene buffer.
+:func:`predict` builds a dask graph with one task per *tile group* (about
+``GROUP_PIXELS`` of one row of tiles: fill its window from the reads of
+:mod:`geoseg.sources`, normalize, run the network on its tiles in batches,
+weight each tile by the blend window of :mod:`geoseg.tiling`, cut the result
+into one piece per output block) and one task per *output block* (sum the
+weighted pieces that reach it, divide by the summed weights). Groups run in
+raster order; on the local scheduler reads are gated so they never run far
+ahead of inference. Memory is bounded by about a row of tile groups, never by
+the scene, and there is no whole-scene buffer.
 
 The network is loaded once per process (thread-safe cache), runs under
 ``torch.inference_mode``, batched, on CUDA with bf16/fp16 autocast when
@@ -15,13 +17,12 @@ present, else on the CPU in fp32. Tiles without any valid pixel are skipped.
 
 from __future__ import annotations
 
-import contextlib
+import operator
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as dsa
 import numpy as np
 import xarray as xr
@@ -29,6 +30,7 @@ import xarray as xr
 from geoseg.contract import conform
 from geoseg.errors import InputError
 from geoseg.models import Model, ModelCard, cached
+from geoseg.sources import Read, StackReader, fill, lookahead
 from geoseg.tiling import TileLayout
 
 
@@ -111,31 +113,30 @@ def normalize(strip: np.ndarray, card: ModelCard, *, inplace: bool = False) -> t
     x = strip if inplace and strip.dtype == np.float32 else strip.astype("float32")
     x -= mean
     x /= std
-    x[:, ~valid] = 0.0
-    np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    x[:, ~valid] = 0.0  # every pixel with a NaN or inf in any band
     return x, valid
 
 
-def _tile_group(window: np.ndarray, y0: int, x0: int, layout: TileLayout, runner: Runner,
+def _tile_group(parts: tuple, channels: int, y0: int, x0: int, layout: TileLayout, runner: Runner,
                 blocks: tuple[tuple[int, int, int, int], ...]) -> tuple[np.ndarray, ...]:
     """Predict a group of tiles of one tile row; cut the result into one piece per output block.
 
     The tiles start at row ``y0`` and columns ``x0, x0 + stride, ...`` (scene
-    coordinates, negative or past the edge where they hang over it); ``window``
-    holds the part of the scene they cover. Each piece is (K + 1, rows, cols):
-    K class probabilities and the weight, both already multiplied by the blend
-    window and the valid mask. Pieces are separate arrays, so each is freed as
-    soon as its block is blended: memory stays at a few groups of tiles,
-    whatever the scene's size.
+    coordinates, negative or past the edge where they hang over it).
+    ``parts`` are the input these tiles cover, as (band, row, col, data)
+    (see :mod:`geoseg.sources`): the task fills its own window from them. Each piece is
+    (K + 1, rows, cols): K class probabilities and the weight, both already
+    multiplied by the blend window and the valid mask. Pieces are separate
+    arrays, so each is freed as soon as its block is blended: memory stays at
+    a few groups of tiles, whatever the scene's size.
     """
     card, T, S = runner.card, layout.size, layout.x.stride
     ny, nx = layout.ny, layout.nx
     n = (x0 + layout.x.halo) // S  # index of the first tile
     last = min(n + _group_size(layout), len(layout.x.starts)) - 1
     width = layout.x.starts[last] + T - x0
-    buf = np.full((window.shape[0], T, width), np.nan, dtype="float32")
-    r0, c0 = max(0, y0) - y0, max(0, x0) - x0
-    buf[:, r0:r0 + window.shape[1], c0:c0 + window.shape[2]] = window
+    buf = np.full((channels, T, width), np.nan, dtype="float32")
+    fill(buf, y0, x0, parts)
     x, valid = normalize(buf, card, inplace=True)
     K = len(card.classes)
     acc = np.zeros((K + 1, T, width), dtype="float32")
@@ -189,6 +190,85 @@ def _stack_array(stack: xr.DataArray) -> dsa.Array:
     return data.astype("float32")
 
 
+def _read(read: Read, gate) -> np.ndarray:
+    """Run one read (``gate``: the task it waits for, unused)."""
+    return read()
+
+
+def _done(*_) -> None:
+    return None
+
+
+def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
+    """The dask graph of :func:`predict`: (class, y, x) blended probabilities.
+
+    Tile groups run in raster order. Their input comes from reads
+    (:mod:`geoseg.sources`); on the local scheduler each read waits for the
+    group ``lookahead()`` places before its first user, and for the output
+    blocks that group completed. So reads never run far ahead of inference
+    and finished blocks are blended before more input comes in, whatever
+    order the scheduler prefers: memory holds about one row of tile groups
+    (less for windowed sources), never the scene.
+    """
+    from dask._task_spec import Task, TaskRef, parse_input
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    K, T = len(runner.card.classes), layout.size
+    reader = StackReader(data)
+    G = _group_size(layout)
+    rows, cols, groups = layout.output_rows(), layout.output_cols(G), layout.tile_groups(G)
+    # which output blocks each (tile row, tile group) task reaches with positive weight
+    reach: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for i, (lo, hi) in enumerate(rows):
+        for j, (cl, ch) in enumerate(cols):
+            for k in layout.y.contributors(lo, hi):
+                for g in sorted({l // G for l in layout.x.contributors(cl, ch)}):
+                    reach.setdefault((k, g), []).append((i, j))
+    order = sorted(reach)
+    last_use = {b: n for n, kg in enumerate(order) for b in reach[kg]}
+
+    # The graph is written out directly: built with dask.delayed, each call
+    # would re-optimize the whole (gated, hence connected) graph so far.
+    tok = tokenize(reader.name, layout, runner)
+    name, ahead = f"geoseg-blend-{tok}", lookahead()
+    dsk, gates, pieces, reads = {}, [], {}, {}
+    for n, (k, g) in enumerate(order):
+        y0, x0 = layout.y.starts[k], layout.x.starts[groups[g][0]]
+        x1 = layout.x.starts[groups[g][1] - 1] + T
+        gate = TaskRef(gates[n - ahead]) if ahead is not None and n >= ahead else None
+        parts = []
+        for piece in reader.pieces(y0, y0 + T, x0, x1):
+            if piece.name not in reads:  # first user: read now (chunks are shared by later groups)
+                reads[piece.name] = key = (f"geoseg-read-{tok}", len(reads))
+                dsk[key] = Task(key, _read, piece.read, gate)
+            parts.append((piece.band, piece.row, piece.col, TaskRef(reads[piece.name])))
+        targets = reach[k, g]
+        boxes = tuple((*rows[i], *cols[j]) for i, j in targets)
+        infer = (f"geoseg-infer-{tok}", k, g)
+        dsk[infer] = Task(infer, _tile_group, parse_input(tuple(parts)), int(data.shape[0]), y0, x0, layout, runner, boxes)
+        completed = []
+        for m, (i, j) in enumerate(targets):
+            part = (f"geoseg-piece-{tok}", k, g, m)
+            dsk[part] = Task(part, operator.getitem, TaskRef(infer), m)
+            pieces.setdefault((i, j), []).append((max(rows[i][0], y0), max(cols[j][0], x0), TaskRef(part)))
+            if last_use[i, j] == n:
+                blend = (name, 0, i, j)
+                dsk[blend] = Task(blend, _blend, (*rows[i], *cols[j]), parse_input(pieces.pop((i, j))), K)
+                completed.append(TaskRef(blend))
+        gates.append((f"geoseg-gate-{tok}", n))
+        dsk[gates[-1]] = Task(gates[-1], _done, TaskRef(infer), *completed)
+    # inference tasks land only on GPU workers when the cluster declares GPU resources
+    annotations = {"resources": _gpu_resources} if runner.device.startswith("cuda") else None
+    graph = HighLevelGraph({name: MaterializedLayer(dsk, annotations=annotations)}, {name: set()})
+    chunks = ((K,), tuple(hi - lo for lo, hi in rows), tuple(hi - lo for lo, hi in cols))
+    return dsa.Array(graph, name, chunks, dtype="float32")
+
+
+def _gpu_resources(key) -> dict:
+    return {"GPU": 1} if isinstance(key, tuple) and key[0].startswith("geoseg-infer-") else {}
+
+
 def predict(
     stack: xr.DataArray,
     model: Model | ModelCard | str | Path,
@@ -236,33 +316,8 @@ def predict(
     data = _stack_array(stack)
     ny, nx = data.shape[-2:]
     layout = TileLayout(int(ny), int(nx), card.tile_size, card.halo)
-    K = len(card.classes)
 
-    G = _group_size(layout)
-    rows, cols, groups = layout.output_rows(), layout.output_cols(G), layout.tile_groups(G)
-    # which output blocks each (tile row, tile group) task reaches with positive weight
-    reach: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for i, (lo, hi) in enumerate(rows):
-        for j, (cl, ch) in enumerate(cols):
-            for k in layout.y.contributors(lo, hi):
-                for g in sorted({l // G for l in layout.x.contributors(cl, ch)}):
-                    reach.setdefault((k, g), []).append((i, j))
-    pieces: dict[tuple[int, int], list] = {}
-    # inference tasks land only on GPU workers when the cluster declares GPU resources
-    with dask.annotate(resources={"GPU": 1}) if device.startswith("cuda") else contextlib.nullcontext():
-        for (k, g), targets in sorted(reach.items()):
-            y0, x0 = layout.y.starts[k], layout.x.starts[groups[g][0]]
-            x1 = layout.x.starts[groups[g][1] - 1] + layout.size
-            window = data[:, max(0, y0):min(ny, y0 + layout.size), max(0, x0):min(nx, x1)]
-            boxes = tuple((*rows[i], *cols[j]) for i, j in targets)
-            task = dask.delayed(_tile_group, pure=True)(window, y0, x0, layout, runner, boxes)
-            for n, (i, j) in enumerate(targets):
-                pieces.setdefault((i, j), []).append((max(rows[i][0], y0), max(cols[j][0], x0), task[n]))
-    grid = []
-    for i, (lo, hi) in enumerate(rows):
-        grid.append([dsa.from_delayed(dask.delayed(_blend, pure=True)((lo, hi, cl, ch), pieces[i, j], K),
-                                      shape=(K, hi - lo, ch - cl), dtype="float32") for j, (cl, ch) in enumerate(cols)])
-    probs = dsa.block(grid)
+    probs = _stitched(data, layout, runner)
     coords = {k: v for k, v in stack.coords.items() if set(v.dims) <= {"y", "x"}}
     out = xr.DataArray(probs, dims=("class", "y", "x"), coords=coords, name="probability")
     out = out.assign_coords({"class": card.class_ids, "class_name": ("class", [c.name for c in card.classes])})

@@ -1,0 +1,165 @@
+"""Streaming: how predict reads its input, and that memory stays bounded.
+
+Two kinds of source (see geoseg.sources): *windowed* ones, where dask pushes
+a slice down into the read (a lazily opened COG, an in-memory array), and
+*chunked* ones, computed chunk by chunk (odc-stac loads). Both must give the
+same result, and on the local scheduler the reads must not run ahead of
+inference: the most input (and tile pieces) alive at once does not grow
+with the scene's height.
+"""
+
+from __future__ import annotations
+
+import time
+import dask
+import dask.array as dsa
+import numpy as np
+import pytest
+from dask.callbacks import Callback
+
+from geoseg.inference import Runner, _stitched, predict
+from geoseg.models import Model
+from geoseg.sources import StackReader, lookahead
+from geoseg.tiling import TileLayout
+from tests.helpers import make_card, make_stack
+from tests.test_predict_seams import FakeConvNet, random_scene, whole_image
+
+
+def chunked(values: np.ndarray, rows: int, cols: int) -> dsa.Array:
+    """``values`` as a dask array whose chunks are opaque tasks (no slice push-down), like odc-stac's."""
+    blocks = []
+    for y in range(0, values.shape[-2], rows):
+        blocks.append([dsa.from_delayed(dask.delayed(np.array)(values[..., y:y + rows, x:x + cols]),
+                                        shape=values[..., y:y + rows, x:x + cols].shape, dtype=values.dtype)
+                       for x in range(0, values.shape[-1], cols)])
+    return dsa.block(blocks)
+
+
+class LiveBytes(Callback):
+    """Largest total size of results alive at once, by kind of task (the key's prefix)."""
+
+    def __init__(self):
+        super().__init__()
+        self.peak: dict[str, int] = {}
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        sizes: dict[str, int] = {}
+        for k, v in state["cache"].items():
+            kind = (k[0] if isinstance(k, tuple) else k).rsplit("-", 1)[0]
+            sizes[kind] = sizes.get(kind, 0) + sum(getattr(a, "nbytes", 0) for a in (v if isinstance(v, tuple) else (v,)))
+        for kind, n in sizes.items():
+            self.peak[kind] = max(self.peak.get(kind, 0), n)
+
+    def of(self, prefix: str) -> int:
+        return sum(n for kind, n in self.peak.items() if kind.startswith(prefix))
+
+
+def test_windowed_sources_are_recognized():
+    values = random_scene((64, 64))
+    assert StackReader(dsa.from_array(values, chunks=(2, 16, 16))).windowed
+    assert not StackReader(chunked(values, 16, 16)).windowed
+
+
+@pytest.mark.parametrize("rows,cols", [(29, 31), (64, 200), (7, 13)])
+def test_chunked_and_windowed_sources_give_the_same_prediction(rows, cols):
+    card = make_card(tile_size=32, halo=8)
+    model = Model(card=card, network=FakeConvNet(2, 2).eval())
+    values = random_scene((101, 77), holes=True)
+    windowed = make_stack(values, ["red", "nir"], chunks=29)
+    opaque = windowed.copy(data=chunked(values, rows, cols))
+    a = predict(windowed, model, device="cpu").values
+    b = predict(opaque, model, device="cpu").values
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, whole_image(values, model), atol=2e-6, equal_nan=True)
+
+
+def test_chunks_are_read_once_and_shared():
+    values = random_scene((100, 100))
+    reader = StackReader(chunked(values, 25, 25))
+    names = [p.name for p in reader.pieces(-8, 24, -8, 60)] + [p.name for p in reader.pieces(8, 40, -8, 60)]
+    assert len(set(names)) < len(names)  # the second window reuses chunks of the first
+    for p in reader.pieces(10, 40, 30, 70):
+        np.testing.assert_array_equal(p.read(), values[:, p.row:p.row + 25, p.col:p.col + 25])
+
+
+class SlowNet(FakeConvNet):
+    """Inference much slower than reading, as with a real network: what makes an ungated scheduler read ahead."""
+
+    def forward(self, x):
+        time.sleep(0.004)
+        return super().forward(x)
+
+
+def _peaks(height: int, source) -> LiveBytes:
+    card = make_card(tile_size=32, halo=8)
+    model = Model(card=card, network=SlowNet(2, 2).eval())
+    values = random_scene((height, 96))
+    stack = make_stack(values, ["red", "nir"], chunks=32)
+    if source == "chunked":
+        stack = stack.copy(data=chunked(values, 32, 48))
+    live = LiveBytes()
+    with live, dask.config.set(scheduler="threads", num_workers=2):
+        predict(stack, model, device="cpu").data.compute()
+    return live
+
+
+@pytest.mark.parametrize("source", ["windowed", "chunked"])
+def test_memory_does_not_grow_with_scene_height(source):
+    short, tall = _peaks(480, source), _peaks(1920, source)  # 4x the rows, same width
+    for kind in ("geoseg-read", "geoseg-piece"):  # (thread timing moves each by a group or two)
+        assert 0 < tall.of(kind) <= 2 * short.of(kind), (kind, short.peak, tall.peak)
+
+
+@pytest.mark.parametrize("source", ["windowed", "chunked"])
+def test_reads_wait_for_the_group_ahead_of_them(source):
+    card = make_card(tile_size=32, halo=8)
+    runner = Runner(card=card, device="cpu", batch_size=2, model=Model(card=card, network=FakeConvNet(2, 2).eval()))
+    values = random_scene((400, 96))
+    data = dsa.from_array(values, chunks=(2, 32, 48)) if source == "windowed" else chunked(values, 32, 48)
+    layout = TileLayout(400, 96, 32, 8)
+    graph = dict(_stitched(data, layout, runner).__dask_graph__())
+    ahead = lookahead()
+    reads = {k: t for k, t in graph.items() if k[0].startswith("geoseg-read-")}
+    gated = {d for t in reads.values() for d in t.dependencies if d[0].startswith("geoseg-gate-")}
+    gates = sorted(k[1] for k in graph if k[0].startswith("geoseg-gate-"))
+    assert len(gates) == len(layout.y.starts)  # one group per tile row here
+    waited_on = sorted(g[1] for g in gated)
+    if source == "windowed":  # every group reads its own window, after the group `ahead` before it
+        assert waited_on == gates[:len(gates) - ahead]
+    else:  # a chunk row serves two tile rows: every other group reads new chunks
+        assert set(waited_on) <= set(gates[:len(gates) - ahead]) and len(waited_on) >= (len(gates) - ahead) // 2
+    ungated = [k for k, t in reads.items() if not t.dependencies]
+    assert 0 < len(ungated) <= ahead * 4  # only the first groups' reads start at once
+    for g in gated:  # a gate waits for its group and the output blocks that group completed
+        deps = graph[g].dependencies
+        assert any(d[0].startswith("geoseg-infer-") for d in deps)
+    assert sum(any(d[0].startswith("geoseg-blend-") for d in graph[g].dependencies) for g in gated) >= len(gated) - 2
+
+
+def test_inference_tasks_ask_for_a_gpu():
+    card = make_card(tile_size=32, halo=8)
+    runner = Runner(card=card, device="cuda", batch_size=2, model=Model(card=card, network=FakeConvNet(2, 2).eval()))
+    arr = _stitched(dsa.zeros((2, 70, 70), chunks=35), TileLayout(70, 70, 32, 8), runner)
+    (layer,) = arr.__dask_graph__().layers.values()
+    wants = {k: layer.annotations["resources"](k) for k in layer}
+    assert {k[0].split("-")[1] for k, v in wants.items() if v} == {"infer"}
+    assert all(v in ({}, {"GPU": 1}) for v in wants.values())  # the scheduler asserts a dict
+
+
+def test_no_gates_on_a_distributed_cluster_and_same_result(tmp_path):
+    """A distributed cluster schedules reads itself (no gates); the result equals the gated local one."""
+    distributed = pytest.importorskip("distributed")
+    import torch
+
+    from geoseg.models import build_network, save
+
+    torch.manual_seed(0)
+    card = make_card(tile_size=64, halo=16, divisor=32, encoder="resnet18")
+    card_path = save(build_network(card).eval(), card, tmp_path)
+    stack = make_stack(random_scene((90, 150), holes=True), ["red", "nir"], chunks=40)
+    assert lookahead() is not None
+    local = predict(stack, card_path, device="cpu").values
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None):
+        assert lookahead() is None
+        remote = predict(stack, card_path, device="cpu").values
+    np.testing.assert_allclose(remote, local, atol=1e-6, equal_nan=True)
