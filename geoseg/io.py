@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import dask
 import dask.array as dsa
 import numpy as np
 import rasterio
@@ -96,6 +97,17 @@ class RasterSpec:
     overview_resampling: str = "average"
 
 
+def _local_threads() -> dict:
+    """On the local threaded scheduler, one thread more than cores: model
+    forwards hold a lock (torch already uses every core for one batch), and a
+    thread waiting on it must not leave reads and writes without a thread."""
+    from geoseg.sources import lookahead
+
+    if lookahead() is None or dask.config.get("scheduler", None) not in (None, "threads", "threading"):
+        return {}
+    return {"num_workers": (dask.config.get("num_workers", None) or os.cpu_count() or 1) + 1}
+
+
 def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 512, overwrite: bool = False) -> list[Path]:
     """Write several rasters on one grid as COGs from ONE dask computation.
 
@@ -110,7 +122,7 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
     arrays, stages, datasets = [], [], []
     with contextlib.ExitStack() as stack:
         # a bounded GDAL block cache: partly written tiles must not grow with the scene
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=int(os.environ.get("GEOSEG_GDAL_CACHEMAX_MB", 256))))
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=int(os.environ.get("GEOSEG_GDAL_CACHEMAX_MB", 64))))
         tmp_cogs = [stack.enter_context(atomic_path(spec.path, overwrite=overwrite)) for spec in specs]
         try:
             for spec, tmp_cog in zip(specs, tmp_cogs):
@@ -125,7 +137,9 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
                 datasets.append(rasterio.open(
                     stage, "w", driver="GTiff", width=geobox.shape.x, height=geobox.shape.y, count=arr.shape[0],
                     dtype=dtype.name, crs=geobox.crs.to_wkt(), transform=geobox.transform, nodata=spec.nodata,
-                    tiled=True, blockxsize=blocksize, blockysize=blocksize, compress="zstd", ZSTD_LEVEL=1, BIGTIFF="IF_SAFER",  # temporary: fast
+                    # temporary, so fast (ZSTD 1); 16-row tiles: blocks of rows that do not align with
+                    # them leave only 16-row tiles half-written in GDAL's cache, whatever the width
+                    tiled=True, blockxsize=blocksize, blockysize=16, compress="zstd", ZSTD_LEVEL=1, BIGTIFF="IF_SAFER",
                 ))
             for spec, ds in zip(specs, datasets):  # metadata first: GDAL cannot add a colour table after pixels
                 for i, desc in enumerate(spec.descriptions or [], start=1):
@@ -136,7 +150,7 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
                     ds.update_tags(**spec.tags)
                 for i, bt in enumerate(spec.band_tags or [], start=1):
                     ds.update_tags(i, **bt)
-            dsa.store(arrays, [_WindowWriter(ds) for ds in datasets], lock=False)
+            dsa.store(arrays, [_WindowWriter(ds) for ds in datasets], lock=False, **_local_threads())
             for ds in datasets:
                 ds.close()
             def finalize(spec: RasterSpec, stage: Path, tmp_cog: Path, arr) -> None:
@@ -144,6 +158,7 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
                 rasterio.shutil.copy(
                     stage, tmp_cog, driver="COG", COMPRESS="DEFLATE", PREDICTOR=2 if arr.dtype.kind in "iu" else 3,
                     BLOCKSIZE=blocksize, OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=rs, RESAMPLING=rs, BIGTIFF="IF_SAFER",
+                    NUM_THREADS="ALL_CPUS",
                 )
 
             # one COG per thread: GDAL releases the GIL while it compresses and builds overviews
