@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import dask
 import dask.array as dsa
 import numpy as np
 import rasterio
@@ -97,17 +96,6 @@ class RasterSpec:
     overview_resampling: str = "average"
 
 
-def _local_threads() -> dict:
-    """On the local threaded scheduler, one thread more than cores: model
-    forwards hold a lock (torch already uses every core for one batch), and a
-    thread waiting on it must not leave reads and writes without a thread."""
-    from geoseg.sources import lookahead
-
-    if lookahead() is None or dask.config.get("scheduler", None) not in (None, "threads", "threading"):
-        return {}
-    return {"num_workers": (dask.config.get("num_workers", None) or os.cpu_count() or 1) + 1}
-
-
 def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 512, overwrite: bool = False) -> list[Path]:
     """Write several rasters on one grid as COGs from ONE dask computation.
 
@@ -150,7 +138,7 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
                     ds.update_tags(**spec.tags)
                 for i, bt in enumerate(spec.band_tags or [], start=1):
                     ds.update_tags(i, **bt)
-            dsa.store(arrays, [_WindowWriter(ds) for ds in datasets], lock=False, **_local_threads())
+            dsa.store(arrays, [_WindowWriter(ds) for ds in datasets], lock=False)
             for ds in datasets:
                 ds.close()
             def finalize(spec: RasterSpec, stage: Path, tmp_cog: Path, arr) -> None:
