@@ -331,13 +331,13 @@ def classify(probs: xr.DataArray, card: ModelCard) -> tuple[xr.DataArray, xr.Dat
     nodata = np.uint8(card.nodata_class)
 
     def _classes(p: np.ndarray) -> np.ndarray:
-        valid = np.isfinite(p).all(axis=0)
-        idx = np.argmax(np.where(np.isfinite(p), p, -1), axis=0)
-        return np.where(valid, ids[idx], nodata).astype("uint8")
+        valid = np.isfinite(p.sum(axis=0))  # every class finite (a NaN or inf anywhere spoils the sum)
+        return np.where(valid, ids[np.argmax(p, axis=0)], nodata).astype("uint8")
 
     def _confidence(p: np.ndarray) -> np.ndarray:
-        valid = np.isfinite(p).all(axis=0)
-        return np.where(valid, np.nanmax(np.where(valid, p, 0), axis=0), np.nan).astype("float32")
+        top = p.max(axis=0)  # NaN wherever any class is NaN
+        top[~np.isfinite(p.sum(axis=0))] = np.nan
+        return top.astype("float32", copy=False)
 
     data = probs.data if isinstance(probs.data, dsa.Array) else dsa.from_array(np.asarray(probs.data))
     data = data.rechunk({0: -1})
