@@ -63,6 +63,12 @@ class StackReader:
         self._cull = cull
         self._graph = dict(self.data.__dask_graph__())
         self.offsets = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in self.data.chunks]
+        self._chunks: dict[tuple, Read] = {}  # each chunk's graph is culled once, however many groups share it
+
+    def _chunk(self, key: tuple) -> Read:
+        if key not in self._chunks:
+            self._chunks[key] = Read(self._cull(self._graph, [key])[0], key)
+        return self._chunks[key]
 
     @property
     def name(self) -> str:
@@ -84,7 +90,7 @@ class StackReader:
             for i in ys:
                 for j in xs:
                     key = (self.name, b, i, j)
-                    out.append(Piece(key, int(bo[b]), int(yo[i]), int(xo[j]), Read(self._cull(self._graph, [key])[0], key)))
+                    out.append(Piece(key, int(bo[b]), int(yo[i]), int(xo[j]), self._chunk(key)))
         return out
 
 
@@ -128,12 +134,9 @@ def lookahead() -> int | None:
     tasks itself, and a resumed workflow run computes only its missing blocks,
     which gating would chain to every earlier one: no gates there.
     """
-    try:
-        from distributed import get_client
+    from geoseg.blocks import _client
 
-        get_client()
+    if _client() is not None:
         return None
-    except (ImportError, ValueError):
-        pass
     workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
     return max(2, 2 * int(workers))
