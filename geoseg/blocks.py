@@ -64,7 +64,9 @@ def materialize(arr: dsa.Array, cache: str | Path, *, on_block: Callable[[int, i
     else:
         meta_path.write_text(json.dumps(meta))
 
-    delayed = arr.to_delayed()
+    # Unoptimized: optimizing flattens the graph into one layer and drops the layers' annotations
+    # (task priorities, GPU resources; see geoseg.inference). Each block's graph is still culled.
+    delayed = arr.to_delayed(optimize_graph=False)
     indices = list(np.ndindex(*delayed.shape))
     todo = [i for i in indices if not (cache / f"{_key(i)}.npy").exists()]
     total, done = len(indices), len(indices) - len(todo)
@@ -75,7 +77,9 @@ def materialize(arr: dsa.Array, cache: str | Path, *, on_block: Callable[[int, i
         if client is not None:
             from distributed import as_completed
 
-            futures = {client.compute(delayed[i]): i for i in todo}
+            # one submission: dask.order then ranks every block's tasks together, so blocks finish
+            # roughly in raster order (separate submissions each rank from 0 and interleave)
+            futures = dict(zip(client.compute([delayed[i] for i in todo]), todo))
             for fut in as_completed(futures):
                 _save(cache / f"{_key(futures[fut])}.npy", fut.result())
                 fut.release()

@@ -17,6 +17,7 @@ present, else on the CPU in fp32. Tiles without any valid pixel are skipped.
 
 from __future__ import annotations
 
+import functools
 import operator
 import threading
 from dataclasses import dataclass, field
@@ -233,6 +234,7 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
     tok = tokenize(reader.name, layout, runner)
     name, ahead = f"geoseg-blend-{tok}", lookahead()
     dsk, gates, pieces, reads = {}, [], {}, {}
+    rank: dict = {}  # the group a task serves, to run them in raster order on a cluster
     for n, (k, g) in enumerate(order):
         y0, x0 = layout.y.starts[k], layout.x.starts[groups[g][0]]
         x1 = layout.x.starts[groups[g][1] - 1] + T
@@ -242,27 +244,42 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
             if piece.name not in reads:  # first user: read now (chunks are shared by later groups)
                 reads[piece.name] = key = (f"geoseg-read-{tok}", len(reads))
                 dsk[key] = Task(key, _read, piece.read, gate)
+                rank[key] = n
             parts.append((piece.band, piece.row, piece.col, TaskRef(reads[piece.name])))
         targets = reach[k, g]
         boxes = tuple((*rows[i], *cols[j]) for i, j in targets)
         infer = (f"geoseg-infer-{tok}", k, g)
         dsk[infer] = Task(infer, _tile_group, parse_input(tuple(parts)), int(data.shape[0]), y0, x0, layout, runner, boxes)
+        rank[infer] = n
         completed = []
         for m, (i, j) in enumerate(targets):
             part = (f"geoseg-piece-{tok}", k, g, m)
             dsk[part] = Task(part, operator.getitem, TaskRef(infer), m)
+            rank[part] = n
             pieces.setdefault((i, j), []).append((max(rows[i][0], y0), max(cols[j][0], x0), TaskRef(part)))
             if last_use[i, j] == n:
                 blend = (name, 0, i, j)
                 dsk[blend] = Task(blend, _blend, (*rows[i], *cols[j]), parse_input(pieces.pop((i, j))), K)
+                rank[blend] = n
                 completed.append(TaskRef(blend))
         gates.append((f"geoseg-gate-{tok}", n))
         dsk[gates[-1]] = Task(gates[-1], _done, TaskRef(infer), *completed)
-    # inference tasks land only on GPU workers when the cluster declares GPU resources
-    annotations = {"resources": _gpu_resources} if runner.device.startswith("cuda") else None
+        rank[gates[-1]] = n
+    # A distributed scheduler runs no gates (see lookahead): priorities keep it in raster order,
+    # so output blocks finish top to bottom (a resumed run then skips the tiles of the top rows)
+    # and pieces wait for their blend no longer than a few groups. dask.order alone finished
+    # blocks in no particular order. (The local scheduler ignores them; its gates do this job.)
+    annotations = {"priority": functools.partial(_priority, rank, len(order))}
+    if runner.device.startswith("cuda"):  # inference lands only on GPU workers where a cluster declares them
+        annotations["resources"] = _gpu_resources
     graph = HighLevelGraph({name: MaterializedLayer(dsk, annotations=annotations)}, {name: set()})
     chunks = ((K,), tuple(hi - lo for lo, hi in rows), tuple(hi - lo for lo, hi in cols))
     return dsa.Array(graph, name, chunks, dtype="float32")
+
+
+def _priority(rank: dict, groups: int, key) -> int:
+    """Higher runs first: the earlier the group a task serves, the higher."""
+    return groups - rank[key]
 
 
 def _gpu_resources(key) -> dict:

@@ -163,3 +163,32 @@ def test_no_gates_on_a_distributed_cluster_and_same_result(tmp_path):
         assert lookahead() is None
         remote = predict(stack, card_path, device="cpu").values
     np.testing.assert_allclose(remote, local, atol=1e-6, equal_nan=True)
+
+
+def test_blocks_finish_in_raster_order_on_a_cluster(tmp_path, monkeypatch):
+    """On a cluster (no gates) task priorities keep inference in raster order: the block cache fills
+    from the top, so a killed run's finished blocks free whole tile rows when it resumes."""
+    distributed = pytest.importorskip("distributed")
+    import torch
+
+    from geoseg import blocks, inference
+    from geoseg.models import build_network, save
+
+    torch.manual_seed(0)
+    card = make_card(tile_size=64, halo=16, divisor=32, encoder="resnet18")
+    card_path = save(build_network(card).eval(), card, tmp_path)
+    monkeypatch.setattr(inference, "GROUP_PIXELS", 64)  # two tiles per group: several column blocks
+    stack = make_stack(random_scene((300, 200), holes=True), ["red", "nir"], chunks=100)
+    saved = []
+    real_save = blocks._save
+    monkeypatch.setattr(blocks, "_save", lambda path, block: (saved.append(path.stem), real_save(path, block)))
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None):
+        probs = predict(stack, card_path, device="cpu")
+        (layer,) = probs.data.__dask_graph__().layers.values()
+        assert all(isinstance(layer.annotations["priority"](k), int) for k in layer)
+        blocks.materialize(probs.data, tmp_path / "cache")
+    rows = [int(s.split("_")[1]) for s in saved]  # cache files are b0_{row}_{col}
+    assert len(rows) == probs.data.npartitions > 20
+    # top to bottom: never a block after one two rows below it (one group can complete blocks of
+    # two rows, at the bottom edge, and those come in any order)
+    assert all(r >= max(rows[:i]) - 1 for i, r in enumerate(rows) if i), rows
