@@ -6,7 +6,8 @@ The address comes from, in order: the ``--scheduler`` option, the
 processes is started for the run and closed after it. Workers that declare a
 ``GPU`` resource (``dask worker --resources GPU=1``, one worker per GPU) are
 the only ones that receive inference tasks when the model runs on CUDA
-(see :func:`geoseg.inference.predict`); reading and writing run anywhere.
+(see :func:`geoseg.inference.predict`); reading and writing run anywhere. On a
+cluster where no worker declares one, inference runs on any worker.
 """
 
 from __future__ import annotations

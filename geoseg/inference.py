@@ -270,8 +270,8 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
     # and pieces wait for their blend no longer than a few groups. dask.order alone finished
     # blocks in no particular order. (The local scheduler ignores them; its gates do this job.)
     annotations = {"priority": functools.partial(_priority, rank, len(order))}
-    if runner.device.startswith("cuda"):  # inference lands only on GPU workers where a cluster declares them
-        annotations["resources"] = _gpu_resources
+    if runner.device.startswith("cuda") and _cluster_has_gpus():
+        annotations["resources"] = _gpu_resources  # inference lands only on the workers that declare a GPU
     graph = HighLevelGraph({name: MaterializedLayer(dsk, annotations=annotations)}, {name: set()})
     chunks = ((K,), tuple(hi - lo for lo, hi in rows), tuple(hi - lo for lo, hi in cols))
     return dsa.Array(graph, name, chunks, dtype="float32")
@@ -280,6 +280,21 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
 def _priority(rank: dict, groups: int, key) -> int:
     """Higher runs first: the earlier the group a task serves, the higher."""
     return groups - rank[key]
+
+
+def _cluster_has_gpus() -> bool:
+    """Whether a distributed cluster is active and one of its workers declares a ``GPU`` resource.
+
+    Without such a worker, a GPU restriction would leave inference tasks waiting forever
+    (e.g. a LocalCluster started with ``gpus_per_worker: 0`` on a CUDA machine): then any worker runs them.
+    """
+    from geoseg.blocks import _client
+
+    client = _client()
+    if client is None:
+        return False
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return any(w.get("resources", {}).get("GPU", 0) > 0 for w in workers.values())
 
 
 def _gpu_resources(key) -> dict:

@@ -136,11 +136,20 @@ def test_reads_wait_for_the_group_ahead_of_them(source):
     assert sum(any(d[0].startswith("geoseg-blend-") for d in graph[g].dependencies) for g in gated) >= len(gated) - 2
 
 
-def test_inference_tasks_ask_for_a_gpu():
+@pytest.mark.parametrize("gpus", [1, 0])
+def test_inference_tasks_ask_for_a_gpu_where_a_worker_has_one(gpus):
+    """On a cluster whose workers declare a GPU, inference goes to them; on one without, a GPU
+    restriction would wait forever, so there is none."""
+    distributed = pytest.importorskip("distributed")
     card = make_card(tile_size=32, halo=8)
     runner = Runner(card=card, device="cuda", batch_size=2, model=Model(card=card, network=FakeConvNet(2, 2).eval()))
-    arr = _stitched(dsa.zeros((2, 70, 70), chunks=35), TileLayout(70, 70, 32, 8), runner)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None,
+                            resources={"GPU": 1} if gpus else None):
+        arr = _stitched(dsa.zeros((2, 70, 70), chunks=35), TileLayout(70, 70, 32, 8), runner)
     (layer,) = arr.__dask_graph__().layers.values()
+    if not gpus:
+        assert "resources" not in layer.annotations
+        return
     wants = {k: layer.annotations["resources"](k) for k in layer}
     assert {k[0].split("-")[1] for k, v in wants.items() if v} == {"infer"}
     assert all(v in ({}, {"GPU": 1}) for v in wants.values())  # the scheduler asserts a dict
