@@ -109,8 +109,10 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
         _check_writable(Path(spec.path), overwrite)
     arrays, stages, datasets = [], [], []
     with contextlib.ExitStack() as stack:
-        # a bounded GDAL block cache: partly written tiles must not grow with the scene
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=int(os.environ.get("GEOSEG_GDAL_CACHEMAX_MB", 64))))
+        # a bounded GDAL block cache: partly written tiles must not grow with the scene. In bytes:
+        # rasterio hands the number to GDALSetCacheMax64, so a bare 64 would be 64 bytes (no cache at all)
+        cache_mb = int(os.environ.get("GEOSEG_GDAL_CACHEMAX_MB", 64))
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=cache_mb * 2**20))
         tmp_cogs = [stack.enter_context(atomic_path(spec.path, overwrite=overwrite)) for spec in specs]
         try:
             for spec, tmp_cog in zip(specs, tmp_cogs):
