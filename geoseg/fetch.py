@@ -109,6 +109,29 @@ def _resolve_all(items: Sequence[pystac.Item], bands: Sequence[str]) -> list[Ban
     return first
 
 
+def scale_dn(dn: xr.DataArray, scale: float = 1.0, offset: float = 0.0, nodata: float | None = None) -> xr.DataArray:
+    """Digital numbers to float32 physical values, ``DN * scale + offset``, NaN where DN is ``nodata``.
+
+    One blockwise pass per chunk, in place after the first multiply (the
+    xarray spelling, astype * scale + offset then where, makes five arrays).
+    """
+    import dask.array as dsa
+
+    args = (float(scale), float(offset), None if nodata is None else float(nodata))
+    if isinstance(dn.data, dsa.Array):
+        return dn.copy(data=dsa.map_blocks(_scale_block, dn.data, *args, dtype="float32"))
+    return dn.copy(data=_scale_block(np.asarray(dn.data), *args))
+
+
+def _scale_block(dn: np.ndarray, scale: float, offset: float, nodata: float | None) -> np.ndarray:
+    out = np.multiply(dn, np.float32(scale), dtype="float32")
+    if offset:
+        out += np.float32(offset)
+    if nodata is not None and not np.isnan(nodata):
+        np.copyto(out, np.float32("nan"), where=dn == nodata)
+    return out
+
+
 def load(
     items: pystac.Item | Sequence[pystac.Item],
     bands: Sequence[str],
@@ -190,13 +213,7 @@ def load(
         groupby=groupby,
         fail_on_error=True,
     )
-    layers = []
-    for a in assets:
-        dn = ds[a.key]
-        value = dn.astype("float32") * np.float32(a.scale) + np.float32(a.offset)
-        if a.nodata is not None:
-            value = value.where(dn != a.nodata)
-        layers.append(value)
+    layers = [scale_dn(ds[a.key], a.scale, a.offset, a.nodata) for a in assets]
     out = xr.concat(layers, dim="band", coords="minimal", compat="override", join="override")
     out = out.assign_coords(
         band=[a.name for a in assets],
