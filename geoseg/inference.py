@@ -17,6 +17,7 @@ present, else on the CPU in fp32. Tiles without any valid pixel are skipped.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 import threading
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as dsa
 import numpy as np
 import xarray as xr
@@ -93,17 +95,93 @@ class Runner:
         out = np.empty((tiles.shape[0], len(self.card.classes)) + tiles.shape[2:], dtype="float32")
         cuda = self.device.startswith("cuda")
         amp_dtype = (torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
-        # one forward at a time per process: torch already uses every core for one batch
-        with self._lock, torch.inference_mode():
+        # one forward at a time per GPU; on the CPU, one per scheduler thread (see _CpuShare)
+        cpu = self.device == "cpu"
+        with contextlib.nullcontext() if cpu else self._lock, torch.inference_mode():
             for i in range(0, tiles.shape[0], self.batch_size):
                 x = torch.from_numpy(tiles[i:i + self.batch_size]).to(self.device, non_blocking=True)
                 if cuda:
                     with torch.autocast("cuda", dtype=amp_dtype):
                         logits = net(x)
+                elif cpu:
+                    with _CPU.threads():
+                        logits = net(x)
                 else:
                     logits = net(x)
                 out[i:i + self.batch_size] = torch.softmax(logits.float(), dim=1).cpu().numpy()
         return out
+
+
+class _CpuShare:
+    """Shares the process's torch threads among the CPU forwards of a scheduler's threads.
+
+    Two forwards with one thread each outrun one forward with two (measured
+    6.9 s vs 8.6 s for the same 120 tiles on 2 cores: no waiting at every
+    op's barrier) and leave no core idle while the rest of a tile group's
+    work (reading, blending, writing) runs. So CPU inference is not
+    serialized: each scheduler thread runs its own forward with
+    ``budget // threads`` torch threads, where ``budget`` is the process's
+    torch setting and ``threads`` the scheduler's (a worker's ``nthreads`` on
+    a distributed cluster, whose nanny already sets ``OMP_NUM_THREADS=1``;
+    the local pool's size otherwise). A task on the main thread (the
+    synchronous scheduler) keeps every thread. The share depends on the
+    configuration only, never on timing, so results are reproducible
+    bit for bit. torch's thread count is per thread once that thread has run
+    an op, and each batch gives the budget back when it ends, so the
+    caller's threads keep their setting.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._budget = 0
+
+    def budget(self) -> int:
+        with self._lock:
+            if not self._budget:
+                self._budget = _process_threads()
+            return self._budget
+
+    @contextlib.contextmanager
+    def threads(self):
+        """This thread's share of torch threads for one batch."""
+        import torch
+
+        budget = self.budget()
+        if threading.current_thread() is threading.main_thread():
+            yield
+            return
+        share = max(1, budget // _scheduler_threads())
+        torch.set_num_threads(share)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(budget)  # also the process-wide default new threads start from
+
+
+def _scheduler_threads() -> int:
+    """Threads of the scheduler running this task: the distributed worker's, else the local pool's."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().state.nthreads
+    except (ImportError, ValueError):
+        from dask.threaded import CPU_COUNT
+
+        return int(dask.config.get("num_workers", None) or CPU_COUNT)
+
+
+def _process_threads() -> int:
+    """torch's thread count as a thread that never set its own sees it: the process's setting."""
+    import torch
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    return out[0]
+
+
+_CPU = _CpuShare()
 
 
 def normalize(strip: np.ndarray, card: ModelCard, *, inplace: bool = False) -> tuple[np.ndarray, np.ndarray]:
