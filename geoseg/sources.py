@@ -130,7 +130,9 @@ def lookahead() -> int | None:
     scheduler decide.
 
     The local (threaded) scheduler starts every ready read at once, so reads
-    are gated: twice its threads. A ``distributed`` cluster queues root
+    are gated: four groups per thread (with two per thread, threads waited for
+    their next input: in-memory 2048² predictions took 7.35 s instead of 6.64 s
+    on 2 cores). A ``distributed`` cluster queues root
     tasks itself, and a resumed workflow run computes only its missing blocks,
     which gating would chain to every earlier one: no gates there.
     """
@@ -139,4 +141,4 @@ def lookahead() -> int | None:
     if _client() is not None:
         return None
     workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
-    return max(2, 2 * int(workers))
+    return max(4, 4 * int(workers))
