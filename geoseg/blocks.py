@@ -77,8 +77,8 @@ def materialize(arr: dsa.Array, cache: str | Path, *, on_block: Callable[[int, i
         if client is not None:
             from distributed import as_completed
 
-            # one submission: dask.order then ranks every block's tasks together, so blocks finish
-            # roughly in raster order (separate submissions each rank from 0 and interleave)
+            # one submission, so the scheduler ranks all blocks' tasks together (separate submissions
+            # each ranked theirs from 0 and interleaved); task priorities set the order (geoseg.inference)
             futures = dict(zip(client.compute([delayed[i] for i in todo]), todo))
             for fut in as_completed(futures):
                 _save(cache / f"{_key(futures[fut])}.npy", fut.result())
