@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as dsa
 import numpy as np
 import xarray as xr
@@ -33,7 +32,7 @@ import xarray as xr
 from geoseg.contract import conform
 from geoseg.errors import InputError
 from geoseg.models import Model, ModelCard, cached
-from geoseg.sources import Read, StackReader, fill, lookahead
+from geoseg.sources import Read, StackReader, fill, local_threads, lookahead
 from geoseg.tiling import TileLayout
 
 
@@ -165,9 +164,7 @@ def _scheduler_threads() -> int:
 
         return get_worker().state.nthreads
     except (ImportError, ValueError):
-        from dask.threaded import CPU_COUNT
-
-        return int(dask.config.get("num_workers", None) or CPU_COUNT)
+        return local_threads()
 
 
 def _process_threads() -> int:

@@ -17,7 +17,6 @@ that needs it, so the caller decides *when* reads run (see
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Hashable
 
@@ -140,5 +139,11 @@ def lookahead() -> int | None:
 
     if _client() is not None:
         return None
-    workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
-    return max(4, 4 * int(workers))
+    return max(4, 4 * local_threads())
+
+
+def local_threads() -> int:
+    """Threads of the local (threaded) scheduler's pool: dask's ``num_workers``, else one per CPU."""
+    from dask.threaded import CPU_COUNT
+
+    return int(dask.config.get("num_workers", None) or CPU_COUNT)
