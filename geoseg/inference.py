@@ -150,6 +150,9 @@ class _CpuShare:
             yield
             return
         share = max(1, budget // _scheduler_threads())
+        # a thread's first torch call initializes its count from the process-wide value, which another
+        # thread may have just set: initialize first, so the count set here is the one the forward uses
+        torch.get_num_threads()
         torch.set_num_threads(share)
         try:
             yield
