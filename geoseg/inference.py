@@ -1,11 +1,14 @@
 """Tiled inference over a lazy stack, stitched without seams.
 
-:func:`predict` builds a dask graph with one task per *tile group* (about
-``GROUP_PIXELS`` of one row of tiles: fill its window from the reads of
-:mod:`geoseg.sources`, normalize, run the network on its tiles in batches,
-weight each tile by the blend window of :mod:`geoseg.tiling`, cut the result
-into one piece per output block) and one task per *output block* (sum the
-weighted pieces that reach it, divide by the summed weights). Groups run in
+:func:`predict` builds a dask graph with three kinds of task per *tile
+group* (about ``GROUP_PIXELS`` of one row of tiles): one fills the group's
+window from the reads of :mod:`geoseg.sources` and normalizes it, one per
+batch of its tiles runs the network, and one weights each tile by the blend
+window of :mod:`geoseg.tiling` and cuts the result into one piece per output
+block. One more task per *output block* sums the weighted pieces that reach
+it and divides by the summed weights. Batches are tasks of their own so that
+every thread (or GPU) has a forward to run, even while the last groups
+finish (one task per group left a core idle for most of a group). Groups run in
 raster order; on the local scheduler reads are gated so they never run far
 ahead of inference. Memory is bounded by about a row of tile groups, never by
 the scene, and there is no whole-scene buffer.
@@ -196,36 +199,53 @@ def normalize(strip: np.ndarray, card: ModelCard, *, inplace: bool = False) -> t
     return x, valid
 
 
-def _tile_group(parts: tuple, channels: int, y0: int, x0: int, layout: TileLayout, runner: Runner,
-                blocks: tuple[tuple[int, int, int, int], ...]) -> tuple[np.ndarray, ...]:
-    """Predict a group of tiles of one tile row; cut the result into one piece per output block.
+def _group_extent(layout: TileLayout, x0: int) -> tuple[int, int]:
+    """(index of the first tile, width in pixels) of the tile group starting at column ``x0``."""
+    n = (x0 + layout.x.halo) // layout.x.stride
+    last = min(n + _group_size(layout), len(layout.x.starts)) - 1
+    return n, layout.x.starts[last] + layout.size - x0
+
+
+def _prepare(parts: tuple, channels: int, y0: int, x0: int, layout: TileLayout, card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+    """The normalized input of a group of tiles of one tile row, and its valid mask.
 
     The tiles start at row ``y0`` and columns ``x0, x0 + stride, ...`` (scene
     coordinates, negative or past the edge where they hang over it).
     ``parts`` are the input these tiles cover, as (band, row, col, data)
-    (see :mod:`geoseg.sources`): the task fills its own window from them. Each piece is
-    (K + 1, rows, cols): K class probabilities and the weight, both already
-    multiplied by the blend window and the valid mask. Pieces are separate
-    arrays, so each is freed as soon as its block is blended: memory stays at
-    a few groups of tiles, whatever the scene's size.
+    (see :mod:`geoseg.sources`): the task fills its own window from them.
     """
-    card, T, S = runner.card, layout.size, layout.x.stride
-    ny, nx = layout.ny, layout.nx
-    n = (x0 + layout.x.halo) // S  # index of the first tile
-    last = min(n + _group_size(layout), len(layout.x.starts)) - 1
-    width = layout.x.starts[last] + T - x0
-    buf = np.full((channels, T, width), np.nan, dtype="float32")
+    _, width = _group_extent(layout, x0)
+    buf = np.full((channels, layout.size, width), np.nan, dtype="float32")
     fill(buf, y0, x0, parts)
-    x, valid = normalize(buf, card, inplace=True)
-    K = len(card.classes)
+    return normalize(buf, card, inplace=True)
+
+
+def _forward(prepared: tuple[np.ndarray, np.ndarray], starts: tuple[int, ...], size: int, runner: Runner):
+    """One batch of a group's tiles (their columns in the group's window) through the network:
+    (the columns run, their probabilities). Tiles without any valid pixel are skipped."""
+    x, valid = prepared
+    todo = [s for s in starts if valid[:, s:s + size].any()]
+    if not todo:
+        return todo, None
+    return todo, runner(np.stack([x[:, :, s:s + size] for s in todo]))
+
+
+def _accumulate(prepared: tuple[np.ndarray, np.ndarray], y0: int, x0: int, layout: TileLayout, K: int,
+                blocks: tuple[tuple[int, int, int, int], ...], *batches) -> tuple[np.ndarray, ...]:
+    """Blend a group's batches of tile probabilities; cut the result into one piece per output block.
+
+    Each piece is (K + 1, rows, cols): K class probabilities and the weight,
+    both already multiplied by the blend window and the valid mask. Pieces
+    are separate arrays, so each is freed as soon as its block is blended:
+    memory stays at a few groups of tiles, whatever the scene's size.
+    """
+    _, valid = prepared
+    T, (ny, nx) = layout.size, (layout.ny, layout.nx)
+    width = valid.shape[1]
     acc = np.zeros((K + 1, T, width), dtype="float32")
     win = layout.window()
-    starts = [s - x0 for s in layout.x.starts[n:last + 1]]
-    todo = [s for s in starts if valid[:, s:s + T].any()]  # all-nodata tiles are skipped
-    for i in range(0, len(todo), runner.batch_size):
-        batch = todo[i:i + runner.batch_size]
-        probs = runner(np.stack([x[:, :, s:s + T] for s in batch]))
-        for s, p in zip(batch, probs):
+    for todo, probs in batches:
+        for s, p in zip(todo, probs if probs is not None else ()):
             w = win * valid[:, s:s + T]
             acc[:K, :, s:s + T] += p * w
             acc[K, :, s:s + T] += w
@@ -326,13 +346,23 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
             parts.append((piece.band, piece.row, piece.col, TaskRef(reads[piece.name])))
         targets = reach[k, g]
         boxes = tuple((*rows[i], *cols[j]) for i, j in targets)
-        infer = (f"geoseg-infer-{tok}", k, g)
-        dsk[infer] = Task(infer, _tile_group, parse_input(tuple(parts)), int(data.shape[0]), y0, x0, layout, runner, boxes)
-        rank[infer] = n
+        # the group's input once, then one task per batch of its tiles (so several threads or GPUs
+        # share a group, and the last groups do not run alone), then one to blend the batches
+        prep = (f"geoseg-prep-{tok}", k, g)
+        dsk[prep] = Task(prep, _prepare, parse_input(tuple(parts)), int(data.shape[0]), y0, x0, layout, runner.card)
+        first = _group_extent(layout, x0)[0]
+        starts = tuple(s - x0 for s in layout.x.starts[first:first + _group_size(layout)])
+        batches = []
+        for b in range(0, len(starts), runner.batch_size):
+            batches.append((f"geoseg-infer-{tok}", k, g, b))
+            dsk[batches[-1]] = Task(batches[-1], _forward, TaskRef(prep), starts[b:b + runner.batch_size], T, runner)
+        group = (f"geoseg-group-{tok}", k, g)
+        dsk[group] = Task(group, _accumulate, TaskRef(prep), y0, x0, layout, K, boxes, *map(TaskRef, batches))
+        rank.update(dict.fromkeys([prep, group, *batches], n))
         completed = []
         for m, (i, j) in enumerate(targets):
             part = (f"geoseg-piece-{tok}", k, g, m)
-            dsk[part] = Task(part, operator.getitem, TaskRef(infer), m)
+            dsk[part] = Task(part, operator.getitem, TaskRef(group), m)
             rank[part] = n
             pieces.setdefault((i, j), []).append((max(rows[i][0], y0), max(cols[j][0], x0), TaskRef(part)))
             if last_use[i, j] == n:
@@ -341,7 +371,7 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
                 rank[blend] = n
                 completed.append(TaskRef(blend))
         gates.append((f"geoseg-gate-{tok}", n))
-        dsk[gates[-1]] = Task(gates[-1], _done, TaskRef(infer), *completed)
+        dsk[gates[-1]] = Task(gates[-1], _done, TaskRef(group), *completed)
         rank[gates[-1]] = n
     # A distributed scheduler runs no gates (see lookahead): priorities keep it in raster order,
     # so output blocks finish top to bottom (a resumed run then skips the tiles of the top rows)

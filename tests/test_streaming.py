@@ -132,7 +132,7 @@ def test_reads_wait_for_the_group_ahead_of_them(source):
     assert 0 < len(ungated) <= ahead * 4  # only the first groups' reads start at once
     for g in gated:  # a gate waits for its group and the output blocks that group completed
         deps = graph[g].dependencies
-        assert any(d[0].startswith("geoseg-infer-") for d in deps)
+        assert any(d[0].startswith("geoseg-group-") for d in deps)
     assert sum(any(d[0].startswith("geoseg-blend-") for d in graph[g].dependencies) for g in gated) >= len(gated) - 2
 
 
