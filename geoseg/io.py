@@ -23,6 +23,7 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from geoseg.errors import InputError
+from geoseg.overviews import Pyramid, supported
 
 
 def _check_writable(final: Path, overwrite: bool) -> None:
@@ -55,10 +56,11 @@ def atomic_path(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]
 
 
 class _WindowWriter:
-    """A ``dask.array.store`` target writing numpy blocks into a rasterio dataset."""
+    """A ``dask.array.store`` target writing numpy blocks into a rasterio dataset
+    (and into the overviews being built beside it, if any)."""
 
-    def __init__(self, dst: rasterio.io.DatasetWriter):
-        self.dst = dst
+    def __init__(self, dst: rasterio.io.DatasetWriter, pyramid: Pyramid | None = None):
+        self.dst, self.pyramid = dst, pyramid
         self.lock = threading.Lock()
 
     def __setitem__(self, key: tuple[slice, slice, slice], block: np.ndarray) -> None:
@@ -67,6 +69,8 @@ class _WindowWriter:
         indexes = list(range(bands.start + 1, bands.stop + 1))
         with self.lock:
             self.dst.write(block, indexes=indexes, window=window)
+        if self.pyramid is not None:
+            self.pyramid.add(bands, rows, cols, block)
 
 
 def _as_bands(data: xr.DataArray | np.ndarray | dsa.Array) -> dsa.Array:
@@ -107,7 +111,7 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
     """
     for spec in specs:
         _check_writable(Path(spec.path), overwrite)
-    arrays, stages, datasets = [], [], []
+    arrays, stages, datasets, pyramids = [], [], [], []
     with contextlib.ExitStack() as stack:
         # a bounded GDAL block cache: partly written tiles must not grow with the scene. In bytes:
         # rasterio hands the number to GDALSetCacheMax64, so a bare 64 would be 64 bytes (no cache at all)
@@ -124,13 +128,18 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
                 arrays.append(arr.astype(dtype).rechunk({0: arr.shape[0]}))
                 stage = tmp_cog.with_name(tmp_cog.name + ".stage.tif")
                 stages.append(stage)
-                datasets.append(rasterio.open(
-                    stage, "w", driver="GTiff", width=geobox.shape.x, height=geobox.shape.y, count=arr.shape[0],
+                profile = dict(
+                    driver="GTiff", width=geobox.shape.x, height=geobox.shape.y, count=arr.shape[0],
                     dtype=dtype.name, crs=geobox.crs.to_wkt(), transform=geobox.transform, nodata=spec.nodata,
                     # temporary, so fast (ZSTD 1); 16-row tiles: blocks of rows that do not align with
                     # them leave only 16-row tiles half-written in GDAL's cache, whatever the width
                     tiled=True, blockxsize=blocksize, blockysize=16, compress="zstd", ZSTD_LEVEL=1, BIGTIFF="IF_SAFER",
-                ))
+                )
+                datasets.append(rasterio.open(stage, "w", **profile))
+                # overviews built while the blocks stream in, where geoseg.overviews can
+                streamed = supported(dtype, spec.overview_resampling, arrays[-1].chunks)
+                pyramids.append(stack.enter_context(contextlib.closing(Pyramid(stage, profile, blocksize, spec.overview_resampling)))
+                                if streamed else None)
             for spec, ds in zip(specs, datasets):  # metadata first: GDAL cannot add a colour table after pixels
                 for i, desc in enumerate(spec.descriptions or [], start=1):
                     ds.set_band_description(i, desc)
@@ -140,23 +149,24 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
                     ds.update_tags(**spec.tags)
                 for i, bt in enumerate(spec.band_tags or [], start=1):
                     ds.update_tags(i, **bt)
-            dsa.store(arrays, [_WindowWriter(ds) for ds in datasets], lock=False)
-            for ds in datasets:
-                ds.close()
-            def finalize(spec: RasterSpec, stage: Path, tmp_cog: Path, arr) -> None:
+            dsa.store(arrays, [_WindowWriter(ds, p) for ds, p in zip(datasets, pyramids)], lock=False)
+
+            def finalize(spec: RasterSpec, ds, stage: Path, tmp_cog: Path, arr, pyramid: Pyramid | None) -> None:
+                ds.close()  # writes the last tiles
                 rs = spec.overview_resampling.upper()
                 integer = arr.dtype.kind in "iu"
                 rasterio.shutil.copy(
-                    stage, tmp_cog, driver="COG", COMPRESS="DEFLATE", PREDICTOR=2 if integer else 3,
+                    stage if pyramid is None else pyramid.finish(), tmp_cog, driver="COG", COMPRESS="DEFLATE",
+                    PREDICTOR=2 if integer else 3,
                     # floats (probabilities, confidence) gain nothing past level 1 (the demo's: same size), 25 % faster
                     LEVEL=6 if integer else 1,
-                    BLOCKSIZE=blocksize, OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=rs, RESAMPLING=rs, BIGTIFF="IF_SAFER",
-                    NUM_THREADS="ALL_CPUS",
+                    BLOCKSIZE=blocksize, OVERVIEWS="AUTO" if pyramid is None else "FORCE_USE_EXISTING",
+                    OVERVIEW_RESAMPLING=rs, RESAMPLING=rs, BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS",
                 )
 
             # one COG per thread: GDAL releases the GIL while it compresses and builds overviews
             with ThreadPoolExecutor(max_workers=min(len(specs), os.cpu_count() or 1)) as pool:
-                for f in [pool.submit(finalize, *args) for args in zip(specs, stages, tmp_cogs, arrays)]:
+                for f in [pool.submit(finalize, *args) for args in zip(specs, datasets, stages, tmp_cogs, arrays, pyramids)]:
                     f.result()
         finally:
             for ds in datasets:

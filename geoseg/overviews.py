@@ -1,0 +1,181 @@
+"""Overviews built while a raster streams to disk.
+
+GDAL's COG driver builds a COG's overviews after the fact: it reads the
+whole full-resolution image back, resamples it into a temporary file, then
+copies both into the COG. All of that runs after the last block, when
+nothing else is left to do. For the resamplings geoseg's outputs use (the
+average of floats: confidence, probabilities; the mode of integers: class
+maps) geoseg builds the overviews itself instead: the first level from each
+block as it is written, the coarser ones at the end from the first (a
+quarter of the pixels, read back in strips). The COG driver is then given a
+VRT that lists them and only copies them (``OVERVIEWS=FORCE_USE_EXISTING``).
+On a 2048² prediction this finished the class COG in 0.014 s instead of
+0.096 s and the confidence COG in 0.09 s instead of 0.16 s.
+
+Each level halves the one before it, as GDAL's levels do, over 2 x 2
+windows of valid pixels (nodata, NaN included, is ignored; a window with
+none is nodata): the mean, or the most frequent value with GDAL's tie rule.
+Where a level has an even number of rows and columns this is exactly what
+GDAL computes. Where it has an odd number, its last window is a half one
+(one row or column); GDAL instead spreads that half pixel across the level,
+with fractional weights, so the two differ there by less than one pixel of
+position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.windows import Window
+
+
+def factors(height: int, width: int, blocksize: int) -> list[int]:
+    """Overview factors as GDAL's COG driver picks them: halve until a level fits in one block."""
+    out, f = [], 1
+    while max(-(-height // f), -(-width // f)) > blocksize:
+        f *= 2
+        out.append(f)
+    return out
+
+
+def _windows(block: np.ndarray, nodata: float | None, fill) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The four pixels of every 2 x 2 window in row-major order, and whether each is valid;
+    an odd last row or column is padded with invalid pixels."""
+    b, h, w = block.shape
+    x = np.full((b, h + h % 2, w + w % 2), fill, dtype=block.dtype)
+    x[:, :h, :w] = block
+    valid = np.zeros(x.shape, dtype=bool)
+    if nodata is None:
+        valid[:, :h, :w] = True
+    elif np.isnan(nodata):
+        valid[:, :h, :w] = ~np.isnan(block)
+    else:
+        valid[:, :h, :w] = block != nodata
+    cut = [(slice(None), slice(i, None, 2), slice(j, None, 2)) for i in (0, 1) for j in (0, 1)]
+    return [x[c] for c in cut], [valid[c] for c in cut]
+
+
+def average2(block: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(bands, h, w) → (bands, ceil(h / 2), ceil(w / 2)): the mean of each 2 x 2 window's valid pixels."""
+    dtype = np.result_type(block.dtype, np.float32)
+    values, valid = _windows(block.astype(dtype, copy=False), nodata, 0)
+    total = np.where(valid[0], values[0], 0)
+    count = valid[0].astype(dtype)
+    for v, ok in zip(values[1:], valid[1:]):
+        total += np.where(ok, v, 0)
+        count += ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = total / count
+    out[count == 0] = np.nan if nodata is None else nodata
+    return out
+
+
+def mode2(block: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(bands, h, w) → (bands, ceil(h / 2), ceil(w / 2)): the most frequent valid value of each
+    2 x 2 window. A tie goes to the value that reaches the top count first in row-major order,
+    as GDAL's MODE resampling does (checked on all 625 windows of four values and nodata)."""
+    values, valid = _windows(block, nodata, 0 if nodata is None or np.isnan(nodata) else nodata)
+    runs = []  # each pixel's count so far of its own value in the window
+    for j, (v, ok) in enumerate(zip(values, valid)):
+        run = ok.astype("uint8")
+        for u, seen in zip(values[:j], valid[:j]):
+            run += (u == v) & seen & ok
+        runs.append(run)
+    runs = np.stack(runs)
+    out = np.choose(runs.argmax(axis=0), values)  # argmax: the first pixel to reach the top count
+    if nodata is not None:
+        out[runs.max(axis=0) == 0] = nodata
+    return out
+
+
+#: How each resampling of :class:`geoseg.io.RasterSpec` is built while streaming, and for which data.
+REDUCERS = {"average": (average2, "f"), "mode": (mode2, "iu")}
+
+
+def supported(dtype: np.dtype, resampling: str, chunks: Sequence[Sequence[int]]) -> bool:
+    """Whether overviews can be built while streaming: average of floats or mode of integers,
+    and blocks that start on even rows and columns (so each block makes whole first-level pixels)."""
+    even = all(all(int(e) % 2 == 0 for e in np.cumsum(c)[:-1]) for c in chunks[-2:])
+    reducer = REDUCERS.get(resampling.lower())
+    return reducer is not None and np.dtype(dtype).kind in reducer[1] and even
+
+
+class Pyramid:
+    """The overview levels of one float raster, written beside its staging file.
+
+    :meth:`add` takes each full-resolution block as it is written (any thread);
+    :meth:`finish` builds the coarser levels and returns a VRT of the staging
+    file that lists them all as its overviews. :meth:`close` removes the files.
+    """
+
+    def __init__(self, stage: Path, profile: dict, blocksize: int, resampling: str = "average"):
+        self.stage, self.blocksize = Path(stage), blocksize
+        self.reduce = REDUCERS[resampling.lower()][0]
+        height, width = profile["height"], profile["width"]
+        self.factors = factors(height, width, blocksize)
+        self.nodata = profile.get("nodata")
+        self.profile = profile
+        self.paths = [stage.with_name(f"{stage.name}.ovr{f}.tif") for f in self.factors]
+        self.vrt = stage.with_name(stage.name + ".vrt")
+        self._lock = threading.Lock()
+        self._first = self._open(0) if self.factors else None
+
+    def _open(self, level: int):
+        f = self.factors[level]
+        height, width = self.profile["height"], self.profile["width"]
+        return rasterio.open(self.paths[level], "w", **{**self.profile, "height": -(-height // f), "width": -(-width // f),
+                                                        "transform": self.profile["transform"] @ Affine.scale(f)})
+
+    def add(self, bands: slice, rows: slice, cols: slice, block: np.ndarray) -> None:
+        """A full-resolution block, placed at ``rows`` x ``cols`` (which start on even pixels)."""
+        if self._first is None:
+            return
+        small = self.reduce(block, self.nodata)
+        window = Window(cols.start // 2, rows.start // 2, small.shape[2], small.shape[1])
+        with self._lock:
+            self._first.write(small, indexes=list(range(bands.start + 1, bands.stop + 1)), window=window)
+
+    def finish(self) -> Path:
+        """Build the coarser levels from the first, strip by strip; return the VRT listing them all
+        (or the staging file itself, for a raster too small to need overviews)."""
+        if self._first is None:
+            return self.stage
+        self._first.close()
+        deeper = [self._open(level) for level in range(1, len(self.factors))]
+        try:
+            with rasterio.open(self.paths[0]) as first:
+                step = 2 ** len(deeper)  # strips whose every level starts on a whole pixel
+                rows = max(step, self.blocksize // step * step)
+                for r in range(0, first.height, rows):
+                    strip = first.read(window=Window(0, r, first.width, min(rows, first.height - r)))
+                    for level, dst in enumerate(deeper, start=1):
+                        strip = self.reduce(strip, self.nodata)
+                        dst.write(strip, window=Window(0, r // 2 ** level, strip.shape[2], strip.shape[1]))
+        finally:
+            for dst in deeper:
+                dst.close()
+        rasterio.shutil.copy(self.stage, self.vrt, driver="VRT")
+        tree = ET.parse(self.vrt)
+        for band in tree.getroot().iter("VRTRasterBand"):
+            for path in self.paths:
+                ovr = ET.SubElement(band, "Overview")
+                ET.SubElement(ovr, "SourceFilename", relativeToVRT="0").text = str(path.resolve())
+                ET.SubElement(ovr, "SourceBand").text = band.get("band")
+        tree.write(self.vrt)
+        return self.vrt
+
+    def close(self) -> None:
+        if self._first is not None and not self._first.closed:
+            self._first.close()
+        for path in (*self.paths, self.vrt):
+            for leftover in (path, path.with_name(path.name + ".aux.xml")):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
