@@ -46,21 +46,27 @@ def factors(height: int, width: int, blocksize: int) -> list[int]:
     return out
 
 
-def _windows(block: np.ndarray, nodata: float | None, fill) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The four pixels of every 2 x 2 window in row-major order, and whether each is valid;
-    an odd last row or column is padded with invalid pixels."""
+def _windows(block: np.ndarray, nodata: float | None, fill) -> tuple[np.ndarray, np.ndarray]:
+    """(4, bands, ceil(h / 2), ceil(w / 2)): the four pixels of every 2 x 2 window in row-major
+    order, each a contiguous plane, and whether each is valid; an odd last row or column is
+    padded with invalid pixels."""
     b, h, w = block.shape
-    x = np.full((b, h + h % 2, w + w % 2), fill, dtype=block.dtype)
-    x[:, :h, :w] = block
-    valid = np.zeros(x.shape, dtype=bool)
+    x = block
+    if h % 2 or w % 2:
+        x = np.full((b, h + h % 2, w + w % 2), fill, dtype=block.dtype)
+        x[:, :h, :w] = block
+    planes = x.reshape(b, x.shape[1] // 2, 2, x.shape[2] // 2, 2).transpose(2, 4, 0, 1, 3).reshape(4, b, x.shape[1] // 2, x.shape[2] // 2)
     if nodata is None:
-        valid[:, :h, :w] = True
+        valid = np.ones(planes.shape, dtype=bool)
     elif np.isnan(nodata):
-        valid[:, :h, :w] = ~np.isnan(block)
+        valid = ~np.isnan(planes)
     else:
-        valid[:, :h, :w] = block != nodata
-    cut = [(slice(None), slice(i, None, 2), slice(j, None, 2)) for i in (0, 1) for j in (0, 1)]
-    return [x[c] for c in cut], [valid[c] for c in cut]
+        valid = planes != nodata
+    if h % 2:
+        valid[2:, :, -1, :] = False  # the padding row
+    if w % 2:
+        valid[1::2, :, :, -1] = False  # the padding column
+    return planes, valid
 
 
 def average2(block: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -74,7 +80,7 @@ def average2(block: np.ndarray, nodata: float | None) -> np.ndarray:
         count += ok
     with np.errstate(invalid="ignore", divide="ignore"):
         out = total / count
-    out[count == 0] = np.nan if nodata is None else nodata
+    np.copyto(out, np.nan if nodata is None else nodata, where=count == 0)
     return out
 
 
@@ -83,16 +89,16 @@ def mode2(block: np.ndarray, nodata: float | None) -> np.ndarray:
     2 x 2 window. A tie goes to the value that reaches the top count first in row-major order,
     as GDAL's MODE resampling does (checked on all 625 windows of four values and nodata)."""
     values, valid = _windows(block, nodata, 0 if nodata is None or np.isnan(nodata) else nodata)
-    runs = []  # each pixel's count so far of its own value in the window
-    for j, (v, ok) in enumerate(zip(values, valid)):
-        run = ok.astype("uint8")
-        for u, seen in zip(values[:j], valid[:j]):
-            run += (u == v) & seen & ok
-        runs.append(run)
-    runs = np.stack(runs)
-    out = np.choose(runs.argmax(axis=0), values)  # argmax: the first pixel to reach the top count
+    out, top = values[0].copy(), valid[0].astype("uint8")
+    for j in range(1, 4):  # each pixel's count so far of its own value; the first to pass the top count wins
+        run = valid[j].astype("uint8")
+        for i in range(j):
+            run += (values[i] == values[j]) & valid[i] & valid[j]
+        better = (run > top).view("uint8")
+        out += better * (values[j] - out)  # integer arithmetic wraps around: exact, and branch-free
+        np.maximum(top, run, out=top)
     if nodata is not None:
-        out[runs.max(axis=0) == 0] = nodata
+        np.copyto(out, nodata, where=top == 0, casting="unsafe")
     return out
 
 

@@ -12,7 +12,7 @@ from rio_cogeo.cogeo import cog_validate
 from geoseg.errors import InputError
 from geoseg.models import Model
 from geoseg.outputs import write_prediction
-from geoseg.inference import predict
+from geoseg.inference import classify, predict
 from tests.helpers import make_card, make_stack
 from tests.test_predict_seams import FakeConvNet, random_scene
 
@@ -60,6 +60,19 @@ def test_class_and_confidence_cogs(prediction, tmp_path):
         assert np.isnan(conf[~valid]).all()
     with rasterio.open(paths["probabilities"]) as ds:
         assert ds.count == 3 and ds.descriptions == ("class 0", "class 1", "class 2")
+
+
+@pytest.mark.parametrize("classes", [2, 5])
+def test_classes_take_the_first_top_class_on_ties(classes):
+    card = make_card(classes=classes)
+    rng = np.random.default_rng(0)
+    p = rng.integers(0, 3, (classes, 40, 50)).astype("float32") / 4  # many exact ties
+    p[:, :5, :5] = np.nan
+    probs = make_stack(p, [f"c{i}" for i in range(classes)]).rename(band="class")
+    cls, conf = classify(probs, card)
+    expected = np.where(np.isfinite(p).all(axis=0), np.asarray(card.class_ids)[np.argmax(np.nan_to_num(p), axis=0)], card.nodata_class)
+    np.testing.assert_array_equal(cls.values, expected)
+    np.testing.assert_array_equal(conf.values, np.where(np.isfinite(p).all(axis=0), p.max(axis=0), np.nan))
 
 
 def test_existing_output_is_refused_unless_overwrite(prediction, tmp_path):
