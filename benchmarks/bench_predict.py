@@ -103,18 +103,18 @@ def throughput(workdir: Path, size: int) -> dict:
     import torch
 
     from geoseg.outputs import write_prediction
-    from geoseg.inference import Runner, predict
+    from geoseg.inference import Runner, default_batch_size, predict
 
     model = real_model(4)
     card = model.card
     cog = synthetic_scene(workdir / "scene.tif", size)
     stack = open_stack(cog, card.bands)
-    runner = Runner(card=card, device="cpu", batch_size=4, model=model)
+    runner = Runner(card=card, device="cpu", batch_size=default_batch_size("cpu", card.tile_size), model=model)
     runner(np.zeros((1, 4, card.tile_size, card.tile_size), "float32"))  # warm-up
 
     def end_to_end() -> tuple[float, int]:
         t0 = time.perf_counter()
-        probs = predict(stack, model, device="cpu", batch_size=4)
+        probs = predict(stack, model, device="cpu")  # the CPU's default batch, as the runner's
         write_prediction(probs, card, workdir / "out", "scene", overwrite=True)
         return time.perf_counter() - t0, probs.attrs["tiles"]
 
@@ -150,7 +150,7 @@ def throughput(workdir: Path, size: int) -> dict:
     mpx = n * card.tile_size ** 2 / 1e6
     return {
         "scene": f"{size}x{size} px, 4 bands", "model": f"{card.architecture}/{card.encoder}", "tiles": n,
-        "tile": card.tile_size, "torch_threads": torch.get_num_threads(),
+        "tile": card.tile_size, "batch": runner.batch_size, "torch_threads": torch.get_num_threads(),
         "bare_one_stream_s": round(one, 2), f"bare_{streams}_streams_s": round(par, 2),
         "end_to_end_s": round(e2e, 2), "bare_forward_s": round(bare, 2),
         "end_to_end_tiles_per_s": round(n / e2e, 2), "bare_tiles_per_s": round(n / bare, 2),
