@@ -106,33 +106,40 @@ def mode2(block: np.ndarray, nodata: float | None) -> np.ndarray:
 REDUCERS = {"average": (average2, "f"), "mode": (mode2, "iu")}
 
 
-def supported(dtype: np.dtype, resampling: str, chunks: Sequence[Sequence[int]]) -> bool:
-    """Whether overviews can be built while streaming: average of floats or mode of integers,
-    and blocks that start on even rows and columns (so each block makes whole first-level pixels)."""
-    even = all(all(int(e) % 2 == 0 for e in np.cumsum(c)[:-1]) for c in chunks[-2:])
+def streamable(dtype: np.dtype, resampling: str, chunks: Sequence[Sequence[int]]) -> int:
+    """How many overview levels can be built while streaming (0: none, GDAL builds them): average
+    of floats or mode of integers, one level per factor of 2 that divides every block's first row
+    and column (so each block makes whole pixels of that level)."""
     reducer = REDUCERS.get(resampling.lower())
-    return reducer is not None and np.dtype(dtype).kind in reducer[1] and even
+    if reducer is None or np.dtype(dtype).kind not in reducer[1]:
+        return 0
+    edges = [int(e) for c in chunks[-2:] for e in np.cumsum(c)[:-1]]
+    levels = 0
+    while all(e % 2 ** (levels + 1) == 0 for e in edges) and levels < 32:
+        levels += 1
+    return levels
 
 
 class Pyramid:
-    """The overview levels of one float raster, written beside its staging file.
+    """The overview levels of one raster, written beside its staging file.
 
-    :meth:`add` takes each full-resolution block as it is written (any thread);
-    :meth:`finish` builds the coarser levels and returns a VRT of the staging
-    file that lists them all as its overviews. :meth:`close` removes the files.
+    :meth:`add` takes each full-resolution block as it is written (any thread)
+    and writes the levels its position allows (``levels``, see
+    :func:`streamable`); :meth:`finish` builds any coarser ones from the last
+    of those, strip by strip, and returns a VRT of the staging file that lists
+    every level as its overviews. :meth:`close` removes the files.
     """
 
-    def __init__(self, stage: Path, profile: dict, blocksize: int, resampling: str = "average"):
+    def __init__(self, stage: Path, profile: dict, blocksize: int, resampling: str, levels: int):
         self.stage, self.blocksize = Path(stage), blocksize
         self.reduce = REDUCERS[resampling.lower()][0]
-        height, width = profile["height"], profile["width"]
-        self.factors = factors(height, width, blocksize)
+        self.factors = factors(profile["height"], profile["width"], blocksize)
         self.nodata = profile.get("nodata")
         self.profile = profile
         self.paths = [stage.with_name(f"{stage.name}.ovr{f}.tif") for f in self.factors]
         self.vrt = stage.with_name(stage.name + ".vrt")
         self._lock = threading.Lock()
-        self._first = self._open(0) if self.factors else None
+        self._streamed = [self._open(level) for level in range(min(levels, len(self.factors)))]
 
     def _open(self, level: int):
         f = self.factors[level]
@@ -141,30 +148,32 @@ class Pyramid:
                                                         "transform": self.profile["transform"] @ Affine.scale(f)})
 
     def add(self, bands: slice, rows: slice, cols: slice, block: np.ndarray) -> None:
-        """A full-resolution block, placed at ``rows`` x ``cols`` (which start on even pixels)."""
-        if self._first is None:
-            return
-        small = self.reduce(block, self.nodata)
-        window = Window(cols.start // 2, rows.start // 2, small.shape[2], small.shape[1])
-        with self._lock:
-            self._first.write(small, indexes=list(range(bands.start + 1, bands.stop + 1)), window=window)
+        """A full-resolution block, placed at ``rows`` x ``cols``."""
+        indexes = list(range(bands.start + 1, bands.stop + 1))
+        for level, dst in enumerate(self._streamed, start=1):
+            block = self.reduce(block, self.nodata)
+            window = Window(cols.start >> level, rows.start >> level, block.shape[2], block.shape[1])
+            with self._lock:
+                dst.write(block, indexes=indexes, window=window)
 
     def finish(self) -> Path:
-        """Build the coarser levels from the first, strip by strip; return the VRT listing them all
+        """Close the streamed levels, build the coarser ones; return the VRT listing them all
         (or the staging file itself, for a raster too small to need overviews)."""
-        if self._first is None:
+        if not self.factors:
             return self.stage
-        self._first.close()
-        deeper = [self._open(level) for level in range(1, len(self.factors))]
+        for dst in self._streamed:
+            dst.close()
+        deeper = [self._open(level) for level in range(len(self._streamed), len(self.factors))]
         try:
-            with rasterio.open(self.paths[0]) as first:
-                step = 2 ** len(deeper)  # strips whose every level starts on a whole pixel
-                rows = max(step, self.blocksize // step * step)
-                for r in range(0, first.height, rows):
-                    strip = first.read(window=Window(0, r, first.width, min(rows, first.height - r)))
-                    for level, dst in enumerate(deeper, start=1):
-                        strip = self.reduce(strip, self.nodata)
-                        dst.write(strip, window=Window(0, r // 2 ** level, strip.shape[2], strip.shape[1]))
+            if deeper:
+                with rasterio.open(self.paths[len(self._streamed) - 1]) as last:
+                    step = 2 ** len(deeper)  # strips whose every level starts on a whole pixel
+                    rows = max(step, self.blocksize // step * step)
+                    for r in range(0, last.height, rows):
+                        strip = last.read(window=Window(0, r, last.width, min(rows, last.height - r)))
+                        for level, dst in enumerate(deeper, start=1):
+                            strip = self.reduce(strip, self.nodata)
+                            dst.write(strip, window=Window(0, r >> level, strip.shape[2], strip.shape[1]))
         finally:
             for dst in deeper:
                 dst.close()
@@ -179,8 +188,9 @@ class Pyramid:
         return self.vrt
 
     def close(self) -> None:
-        if self._first is not None and not self._first.closed:
-            self._first.close()
+        for dst in self._streamed:
+            if not dst.closed:
+                dst.close()
         for path in (*self.paths, self.vrt):
             for leftover in (path, path.with_name(path.name + ".aux.xml")):
                 with contextlib.suppress(FileNotFoundError):

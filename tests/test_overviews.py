@@ -133,15 +133,26 @@ def test_odd_scene_halves_its_last_windows(tmp_path):
         np.testing.assert_array_equal(level, expected)
 
 
-@pytest.mark.parametrize("dtype,resampling,chunks,ok", [
-    ("float32", "average", ((1,), (192, 192, 100), (640, 3)), True),
-    ("float32", "average", ((1,), (191, 193), (640,)), False),  # a block starting on an odd row
-    ("uint8", "mode", ((1,), (64,), (64,)), True),
-    ("uint8", "average", ((1,), (64,), (64,)), False),  # integer averages are GDAL's (rounding)
-    ("float32", "nearest", ((1,), (64,), (64,)), False),
+@pytest.mark.parametrize("dtype,resampling,chunks,levels", [
+    ("float32", "average", ((1,), (192, 192, 100), (640, 3)), 6),  # every block starts on a multiple of 64
+    ("float32", "average", ((1,), (191, 193), (640,)), 0),  # a block starting on an odd row: GDAL builds them
+    ("uint8", "mode", ((1,), (64, 32), (64,)), 6),
+    ("uint8", "average", ((1,), (64,), (64,)), 0),  # integer averages are GDAL's (rounding)
+    ("float32", "nearest", ((1,), (64,), (64,)), 0),
 ])
-def test_what_is_streamed(dtype, resampling, chunks, ok):
-    assert overviews.supported(np.dtype(dtype), resampling, chunks) is ok
+def test_levels_built_while_streaming(dtype, resampling, chunks, levels):
+    assert overviews.streamable(np.dtype(dtype), resampling, chunks) == levels
+
+
+def test_levels_past_the_blocks_alignment_are_built_at_the_end(tmp_path):
+    rng = np.random.default_rng(4)
+    data = rng.random((1, 2560, 1024)).astype("float32")  # levels 2, 4, 8; blocks of 192 rows stream all three
+    data[0, 300:700, 100:200] = np.nan
+    ref = _write(data, tmp_path / "a.tif", (1, 192, 1024), nodata=float("nan"))
+    late = _write(data, tmp_path / "b.tif", (1, 322, 1024), nodata=float("nan"))  # 322 = 2 x 161: one level streamed
+    assert overviews.streamable(np.dtype("float32"), "average", ((1,), (322, 322), (1024,))) == 1
+    for a, b in zip(_levels(ref), _levels(late), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
