@@ -113,9 +113,11 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
 
     Shared upstream work (a model's predictions behind both a class and a
     confidence raster) runs once. Blocks are computed and written a few at a
-    time through ``dask.array.store`` into tiled GeoTIFFs; GDAL's COG driver
-    then adds overviews. Memory stays bounded by the chunk size, never the
-    scene. Every file appears under its final name only when complete.
+    time through ``dask.array.store`` into tiled GeoTIFFs, and their overviews
+    built as they come where :mod:`geoseg.overviews` can; GDAL's COG driver
+    then copies both into the COG (and builds any other overviews). Memory
+    stays bounded by the chunk size, never the scene. Every file appears
+    under its final name only when complete.
     """
     for spec in specs:
         _check_writable(Path(spec.path), overwrite)
