@@ -5,12 +5,14 @@ whole full-resolution image back, resamples it into a temporary file, then
 copies both into the COG. All of that runs after the last block, when
 nothing else is left to do. For the resamplings geoseg's outputs use (the
 average of floats: confidence, probabilities; the mode of integers: class
-maps) geoseg builds the overviews itself instead: the first level from each
-block as it is written, the coarser ones at the end from the first (a
-quarter of the pixels, read back in strips). The COG driver is then given a
-VRT that lists them and only copies them (``OVERVIEWS=FORCE_USE_EXISTING``).
-On a 2048² prediction this finished the class COG in 0.014 s instead of
-0.096 s and the confidence COG in 0.09 s instead of 0.16 s.
+maps) geoseg builds the overviews itself instead: every level that the
+blocks' alignment allows from each block as it is written (all of them for
+predictions, whose blocks start on multiples of the tile stride), any
+coarser ones at the end from the last of those, read back in strips. The
+COG driver is then given a VRT that lists them and only copies them
+(``OVERVIEWS=FORCE_USE_EXISTING``). Converting a 2048² prediction's staged
+rasters took 0.014 s instead of 0.096 s for the class COG and 0.09 s
+instead of 0.16 s for the confidence COG.
 
 Each level halves the one before it, as GDAL's levels do, over 2 x 2
 windows of valid pixels (nodata, NaN included, is ignored; a window with
