@@ -58,12 +58,9 @@ def _windows(block: np.ndarray, nodata: float | None, fill) -> tuple[np.ndarray,
         x = np.full((b, h + h % 2, w + w % 2), fill, dtype=block.dtype)
         x[:, :h, :w] = block
     planes = x.reshape(b, x.shape[1] // 2, 2, x.shape[2] // 2, 2).transpose(2, 4, 0, 1, 3).reshape(4, b, x.shape[1] // 2, x.shape[2] // 2)
-    if nodata is None:
-        valid = np.ones(planes.shape, dtype=bool)
-    elif np.isnan(nodata):
-        valid = ~np.isnan(planes)
-    else:
-        valid = planes != nodata
+    valid = ~np.isnan(planes) if planes.dtype.kind == "f" else np.ones(planes.shape, dtype=bool)  # NaN is never data
+    if nodata is not None and not np.isnan(nodata):
+        valid &= planes != nodata
     if h % 2:
         valid[2:, :, -1, :] = False  # the padding row
     if w % 2:

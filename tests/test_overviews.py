@@ -63,6 +63,11 @@ def test_average2_ignores_nodata_and_halves_odd_edges(nodata, shape):
     np.testing.assert_allclose(out, _average_reference(block, np.nan if nodata is None else nodata), rtol=1e-6, equal_nan=True)
 
 
+def test_average2_ignores_nan_beside_a_numeric_nodata():
+    block = np.array([[[1.0, np.nan, -1.0, -1.0], [3.0, -1.0, np.nan, -1.0]]], dtype="float32")
+    np.testing.assert_array_equal(average2(block, -1.0), [[[2.0, -1.0]]])
+
+
 def _mode_reference(window, nodata):
     """GDAL's MODE: the first value (row-major) to reach the top count."""
     best, top, seen = nodata, 0, {}
