@@ -41,3 +41,18 @@ def test_bands_with_other_scales_are_other_dask_keys():
     a, b = scale_dn(dn, 1e-4, 0.0, 0), scale_dn(dn, 2e-4, 0.0, 0)
     assert a.data.name != b.data.name
     assert float(a[0, 0]) != float(b[0, 0])
+
+
+@pytest.mark.parametrize("dtype, nodata", [("uint16", -9999), ("uint16", 0.5), ("int16", -9999), ("int16", -1),
+                                           ("float32", -9999.0), ("float64", 1e-3), ("uint8", 255)])
+@pytest.mark.parametrize("shape", [(11,), (5, 6), (3, 5, 6), (2, 3, 5, 6)])
+def test_any_dtype_shape_and_nodata_match_the_plain_formula(dtype, nodata, shape):
+    """Block by block, plane by plane, with nodata compared in the data's own type: still the plain
+    formula, and a nodata the dtype cannot hold (-9999 in uint16, 0.5 in integers) masks nothing."""
+    rng = np.random.default_rng(1)
+    values = rng.integers(0, 200, size=shape).astype(dtype)
+    if np.can_cast(np.min_scalar_type(nodata), dtype) or np.dtype(dtype).kind == "f":
+        values.flat[::4] = nodata
+    dn = xr.DataArray(dsa.from_array(values, chunks=3), dims=[f"d{i}" for i in range(len(shape))])
+    expected = np.where(values == nodata, np.nan, values.astype("float32") * np.float32(1e-4) + np.float32(0.5)).astype("float32")
+    np.testing.assert_array_equal(scale_dn(dn, 1e-4, 0.5, nodata).values, expected)
