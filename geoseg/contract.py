@@ -45,7 +45,9 @@ def _select_bands(stack: xr.DataArray, card: ModelCard) -> xr.DataArray:
             f"the stack has: {', '.join(names)}",
             fix=f"load the missing bands, e.g. geoseg.load(items, {list(card.bands)!r})",
         )
-    out = stack.isel(band=index)
+    # already in the card's order (the usual case): no selection, whose getitem would hide a lazy
+    # stack's window reads from geoseg.sources
+    out = stack if index == list(range(len(names))) else stack.isel(band=index)
     return out.assign_coords(band=list(card.bands))
 
 
@@ -93,14 +95,19 @@ def _check_resolution(stack: xr.DataArray, card: ModelCard, resample: bool) -> x
 
 
 def _samples(stack: xr.DataArray, size: int = 256) -> np.ndarray:
-    """Pixels from up to five windows (centre and quadrant centres): cheap on a lazy stack."""
+    """Pixels from up to five windows (centre and quadrant centres): cheap on a lazy stack.
+
+    Windows start on multiples of ``size``, so on sources tiled or chunked in
+    multiples of it (COG blocks of 256 or 512, dask chunks of 512 or 2048) each
+    lies in one block: a centred window would decode up to four.
+    """
     ny, nx = stack.sizes["y"], stack.sizes["x"]
     h, w = min(size, ny), min(size, nx)
     centres = [(ny // 2, nx // 2), (ny // 4, nx // 4), (ny // 4, 3 * nx // 4), (3 * ny // 4, nx // 4), (3 * ny // 4, 3 * nx // 4)]
     windows = []
     for cy, cx in centres:
-        y0 = int(np.clip(cy - h // 2, 0, ny - h))
-        x0 = int(np.clip(cx - w // 2, 0, nx - w))
+        y0 = int(np.clip(cy // size * size, 0, ny - h))
+        x0 = int(np.clip(cx // size * size, 0, nx - w))
         windows.append(stack.isel(y=slice(y0, y0 + h), x=slice(x0, x0 + w)).data)
     parts = dask.compute(*windows)  # one pass over all five: reads run in parallel
     return np.concatenate([np.asarray(p, dtype="float32").ravel() for p in parts])
