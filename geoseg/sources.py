@@ -6,7 +6,9 @@ on the stack's dask graph:
 * **windowed** sources (a COG opened lazily with rioxarray, an in-memory or
   zarr array: any graph where dask pushes a slice down into the read) are
   read window by window: each group reads exactly its own pixels, nothing is
-  held between groups;
+  held between groups. Elementwise operations on such a read (scaling DN to
+  reflectance, a cast, arithmetic, ``where``) are replayed on the window:
+  dask itself would compute every chunk the window touches whole;
 * **chunked** sources (odc-stac loads, whose chunks are computed whole) are
   read chunk by chunk, each chunk once, shared by the groups that need it.
 
@@ -17,8 +19,9 @@ that needs it, so the caller decides *when* reads run (see
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Any, Callable, Hashable
 
 import dask
 import dask.array as dsa
@@ -48,7 +51,8 @@ class Piece:
     band: int
     row: int
     col: int
-    read: Read
+    read: Callable[[], np.ndarray]
+    """A :class:`Read` or a :class:`Replayed` window."""
 
 
 class StackReader:
@@ -58,6 +62,7 @@ class StackReader:
         from dask.optimization import cull
 
         self.windowed = slices_push_down(data)
+        self._replay = replayable(data) if self.windowed else None
         (self.data,) = dask.optimize(data)
         self._cull = cull
         self._graph = dict(self.data.__dask_graph__())
@@ -77,6 +82,9 @@ class StackReader:
         """Reads covering rows [y0, y1) x cols [x0, x1), clipped to the array."""
         ny, nx = self.data.shape[1:]
         y0, y1, x0, x1 = max(0, y0), min(ny, y1), max(0, x0), min(nx, x1)
+        if self._replay is not None:
+            window = (slice(0, self.data.shape[0]), slice(y0, y1), slice(x0, x1))
+            return [Piece((self.name, y0, y1, x0, x1), 0, y0, x0, self._replay(window))]
         if self.windowed:
             (w,) = dask.optimize(self.data[:, y0:y1, x0:x1].rechunk(-1))
             key = (w.name, 0, 0, 0)
@@ -97,10 +105,12 @@ _GETTERS = {"getter", "getter_nofancy", "getter_inline"}
 
 
 def slices_push_down(data: dsa.Array) -> bool:
-    """True when dask reads a window of ``data`` without computing whole chunks:
+    """True when a window of ``data`` can be read without holding whole chunks:
     its graph holds only data, ``from_array`` getters (which dask slices) and
-    blockwise operations on them; any other task (odc-stac's chunk loaders,
-    ``from_delayed`` blocks) computes a chunk whole."""
+    blockwise operations on them (replayed on the window where elementwise,
+    see :func:`replayable`; otherwise dask computes the chunks under the
+    window, and drops them); any other task (odc-stac's chunk loaders,
+    ``from_delayed`` blocks) computes a chunk whole, and is read once."""
     from dask.blockwise import Blockwise
 
     for layer in data.__dask_graph__().layers.values():
@@ -111,6 +121,143 @@ def slices_push_down(data: dsa.Array) -> bool:
             if func is not None and getattr(func, "__name__", "") not in _GETTERS:
                 return False
     return True
+
+
+#: Functions applied block by block that are also elementwise: the same on a window as on a chunk.
+#: (A ``map_blocks`` function declares it with an ``elementwise = True`` attribute.)
+ELEMENTWISE: frozenset = frozenset({
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.mod, operator.pow,
+    operator.neg, operator.pos, operator.abs, operator.invert, operator.and_, operator.or_, operator.xor,
+    operator.lt, operator.le, operator.eq, operator.ne, operator.gt, operator.ge, np.where,
+})
+
+
+def _is_elementwise(func) -> bool:
+    from dask.array.chunk import astype
+
+    return isinstance(func, np.ufunc) or func in ELEMENTWISE or func is astype or getattr(func, "elementwise", False) is True
+
+
+class Replayed:
+    """One window of an elementwise computation: each operation's task run on its inputs' windows."""
+
+    def __init__(self, task, inputs: dict[str, Any], dtype: np.dtype | None = None):
+        self.task, self.inputs, self.dtype = task, inputs, dtype
+
+    def __call__(self, _done: dict | None = None) -> np.ndarray:
+        done = {} if _done is None else _done  # inputs used twice (x * (x > 0)) are computed once
+        values = {}
+        for k, v in self.inputs.items():
+            if isinstance(v, (Replayed, Read)):
+                if id(v) not in done:
+                    done[id(v)] = v(done) if isinstance(v, Replayed) else v()
+                v = done[id(v)]
+            values[k] = v
+        out = self.task(values)
+        return out if self.dtype is None else np.asarray(out, dtype=self.dtype)
+
+    def __repr__(self) -> str:
+        return f"Replayed({self.task!r})"
+
+
+class _NotReplayable(Exception):
+    pass
+
+
+def replayable(data: dsa.Array) -> Callable[[tuple[slice, ...]], Replayed] | None:
+    """Windows of ``data`` read at the source, or None.
+
+    When ``data`` is elementwise operations (see :data:`ELEMENTWISE`) on
+    ``from_array`` reads or in-memory arrays, all of one shape and chunking,
+    a window is read by slicing the sources and running the same operations
+    on the window: dask would compute every chunk the window touches, whole
+    (for 256-row windows over 512-row chunks, 2-4 times the pixels). None
+    when there is no such operation (plain slicing already reads only the
+    window) or when anything else is in the graph.
+    """
+    from dask.blockwise import Blockwise
+
+    hlg = data.__dask_graph__()
+    top = hlg.layers[data.name]
+    if not isinstance(top, Blockwise) or _getter_layer(top):
+        return None
+    try:
+        build = _plan(hlg, data.name, data)
+    except _NotReplayable:
+        return None
+
+    def window(slices: tuple[slice, ...]) -> Replayed:
+        out = build(slices, {})
+        return out if isinstance(out, Replayed) else Replayed(_Identity(), {"x": out})
+
+    return window
+
+
+class _Identity:
+    def __call__(self, values):
+        return values["x"]
+
+
+def _getter_layer(layer) -> bool:
+    func = getattr(getattr(layer, "task", None), "func", None)
+    return getattr(func, "__name__", "") in _GETTERS
+
+
+def _plan(hlg, name: str, data: dsa.Array):
+    """A function of (window, memo): the :class:`Replayed` (or :class:`Read`) computing layer ``name`` on it."""
+    from dask._task_spec import DataNode, GraphNode, TaskRef
+    from dask.array.core import ArraySliceDep
+    from dask.blockwise import Blockwise
+
+    layer = hlg.layers.get(name)
+    if not isinstance(layer, Blockwise):
+        chunks = [v.value if isinstance(v, DataNode) else v for v in (layer or {}).values()]
+        if not chunks or not all(isinstance(c, np.ndarray) for c in chunks):
+            raise _NotReplayable(name)
+        # in-memory chunks: dask slices them; the window's read holds only the chunks it needs
+        arr = dsa.Array(hlg.cull_layers([name]), name, data.chunks, meta=np.empty((0,) * data.ndim, dtype=chunks[0].dtype))
+
+        def in_memory(slices, memo):
+            if name not in memo:
+                (w,) = dask.optimize(arr[slices].rechunk(-1))
+                memo[name] = Read(dict(w.__dask_graph__()), (w.name,) + (0,) * w.ndim)
+            return memo[name]
+        return in_memory
+    getter = _getter_layer(layer)
+    if layer.new_axes or layer.concatenate or getattr(layer, "adjust_chunks", None):
+        raise _NotReplayable(name)
+    if not getter and not _is_elementwise(layer.task.func):
+        raise _NotReplayable(name)
+    if any(isinstance(a, GraphNode) and not isinstance(a, (TaskRef, DataNode)) for a in (*layer.task.args, *layer.task.kwargs.values())):
+        raise _NotReplayable(name)  # nested tasks: functions not checked above
+    inputs: dict[str, Any] = {}
+    for i, (arg, index) in enumerate(layer.indices):
+        key = f"__dask_blockwise__{i}"
+        if index is None:  # a constant, or (for a from_array read) the source array held in the graph
+            if isinstance(arg, TaskRef):
+                value = hlg[arg.key]
+                if isinstance(value, GraphNode) and not isinstance(value, DataNode):
+                    raise _NotReplayable(name)
+                arg = value.value if isinstance(value, DataNode) else value
+            inputs[key] = lambda slices, memo, v=arg: v
+        elif tuple(index) != tuple(layer.output_indices):
+            raise _NotReplayable(name)  # broadcasting or transposing: not the same window
+        elif getter and arg in layer.io_deps:
+            if not isinstance(layer.io_deps[arg], ArraySliceDep):
+                raise _NotReplayable(name)
+            inputs[key] = lambda slices, memo: slices
+        elif getter or layer.io_deps:
+            raise _NotReplayable(name)  # block_info / block_id: position-dependent
+        else:
+            inputs[key] = _plan(hlg, arg, data)
+    task = layer.task
+    dtype = data.dtype if name == data.name else None
+
+    def node(slices, memo):  # one node per layer, however many operations use it
+        if name not in memo:
+            memo[name] = Replayed(task, {k: f(slices, memo) for k, f in inputs.items()}, dtype)
+        return memo[name]
+    return node
 
 
 def fill(buf: np.ndarray, y0: int, x0: int, parts) -> None:

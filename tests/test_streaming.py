@@ -10,16 +10,19 @@ with the scene's height.
 
 from __future__ import annotations
 
+import pickle
 import time
+
 import dask
 import dask.array as dsa
 import numpy as np
 import pytest
+import xarray as xr
 from dask.callbacks import Callback
 
 from geoseg.inference import Runner, _stitched, predict
 from geoseg.models import Model
-from geoseg.sources import StackReader, lookahead
+from geoseg.sources import StackReader, fill, lookahead
 from geoseg.tiling import TileLayout
 from tests.helpers import make_card, make_stack
 from tests.test_predict_seams import FakeConvNet, random_scene, whole_image
@@ -58,6 +61,97 @@ def test_windowed_sources_are_recognized():
     values = random_scene((64, 64))
     assert StackReader(dsa.from_array(values, chunks=(2, 16, 16))).windowed
     assert not StackReader(chunked(values, 16, 16)).windowed
+
+
+class Recording:
+    """An array-like source (as a lazily opened COG) that records the windows read from it."""
+
+    def __init__(self, values: np.ndarray):
+        self.values, self.shape, self.dtype, self.ndim, self.reads = values, values.shape, values.dtype, values.ndim, []
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.values[key]
+
+    def pixels_read(self) -> int:
+        return sum(np.empty(self.shape, dtype=bool)[k].size for k in self.reads)
+
+
+def _scale(block, factor):
+    return block.astype("float32") * np.float32(factor)
+
+
+def _scale_elementwise(block, factor):
+    return _scale(block, factor)
+
+
+_scale_elementwise.elementwise = True
+
+
+def _dn(values: np.ndarray) -> np.ndarray:
+    return np.round(np.nan_to_num(values, nan=0.0) * 1000).astype("uint16")
+
+
+@pytest.mark.parametrize("ops", ["scale_dn", "arithmetic", "marked map_blocks"])
+def test_elementwise_operations_are_replayed_on_windows_read_at_the_source(ops):
+    from geoseg.fetch import scale_dn
+
+    values = random_scene((96, 120))
+    source = Recording(_dn(values))
+    dn = dsa.from_array(source, chunks=(2, 64, 64))
+    if ops == "scale_dn":
+        data = scale_dn(xr.DataArray(dn, dims=("band", "y", "x")), 1e-3, 0.0, 0).data
+    elif ops == "arithmetic":
+        data = dsa.where(dn > 0, dn.astype("float32") * np.float32(1e-3) + 1, np.nan)
+    else:
+        data = dsa.map_blocks(_scale_elementwise, dn, 1e-3, dtype="float32")
+    reader = StackReader(data.astype("float32"))
+    assert reader._replay is not None
+    full = data.compute()
+    (piece,) = reader.pieces(10, 42, 30, 70)
+    source.reads.clear()
+    np.testing.assert_array_equal(piece.read(), full[:, 10:42, 30:70])
+    assert source.pixels_read() == 2 * 32 * 40  # the window only: dask would read four 64 x 64 chunks
+    pickle.loads(pickle.dumps(piece.read))()  # a distributed worker gets the read by pickle
+
+
+def test_operations_on_in_memory_arrays_are_replayed():
+    values = _dn(random_scene((96, 120)))
+    reader = StackReader(dsa.from_array(values, chunks=(2, 64, 64)).astype("float32") * np.float32(1e-3))
+    assert reader._replay is not None
+    (piece,) = reader.pieces(10, 42, 30, 70)
+    np.testing.assert_array_equal(piece.read(), values[:, 10:42, 30:70].astype("float32") * np.float32(1e-3))
+
+
+def test_other_operations_are_not_replayed_and_give_the_same_result():
+    """Functions not declared elementwise, or that depend on the block's position, compute whole chunks."""
+    values = random_scene((96, 120))
+    dn = dsa.from_array(Recording(_dn(values)), chunks=(2, 64, 64))
+
+    def offset_by_block(block, block_info=None):
+        return block.astype("float32") + block_info[0]["chunk-location"][1]
+
+    for data in (dsa.map_blocks(_scale, dn, 1e-3, dtype="float32"), dsa.map_blocks(offset_by_block, dn, dtype="float32"),
+                 dsa.map_overlap(_scale_elementwise, dn, depth=(0, 1, 1), factor=1e-3, dtype="float32")):
+        reader = StackReader(data)
+        assert reader._replay is None
+        full = data.compute()
+        window = np.zeros((2, 32, 40), "float32")
+        fill(window, 10, 30, [(p.band, p.row, p.col, p.read()) for p in reader.pieces(10, 42, 30, 70)])
+        np.testing.assert_array_equal(window, full[:, 10:42, 30:70])
+
+
+def test_replayed_source_gives_the_same_prediction():
+    from geoseg.fetch import scale_dn
+
+    card = make_card(tile_size=32, halo=8)
+    model = Model(card=card, network=FakeConvNet(2, 2).eval())
+    values = random_scene((101, 77), holes=True)
+    dn = _dn(values)
+    stack = make_stack(values, ["red", "nir"], chunks=29)
+    lazy = stack.copy(data=scale_dn(xr.DataArray(dsa.from_array(Recording(dn), chunks=(2, 40, 40)), dims=stack.dims), 1e-3, 0.0, 0).data)
+    eager = stack.copy(data=np.where(dn == 0, np.nan, dn.astype("float32") * np.float32(1e-3)))
+    np.testing.assert_array_equal(predict(lazy, model, device="cpu").values, predict(eager, model, device="cpu").values)
 
 
 @pytest.mark.parametrize("rows,cols", [(29, 31), (64, 200), (7, 13)])
