@@ -11,12 +11,14 @@ what stops that.
 from __future__ import annotations
 
 import dask
+import dask.array as dsa
 import numpy as np
 import odc.geo.xr  # noqa: F401  (registers the .odc accessor used on stacks)
 import xarray as xr
 
 from geoseg.errors import InputError
 from geoseg.models import ModelCard
+from geoseg.sources import replayable
 
 
 class ContractError(InputError):
@@ -108,8 +110,13 @@ def _samples(stack: xr.DataArray, size: int = 256) -> np.ndarray:
     for cy, cx in centres:
         y0 = int(np.clip(cy // size * size, 0, ny - h))
         x0 = int(np.clip(cx // size * size, 0, nx - w))
-        windows.append(stack.isel(y=slice(y0, y0 + h), x=slice(x0, x0 + w)).data)
-    parts = dask.compute(*windows)  # one pass over all five: reads run in parallel
+        windows.append((slice(y0, y0 + h), slice(x0, x0 + w)))
+    replay = replayable(stack.data) if isinstance(stack.data, dsa.Array) else None
+    if replay is not None:  # read at the source: dask would compute the chunks under each window
+        lead = tuple(slice(0, n) for n in stack.shape[:-2])
+        parts = [replay(lead + window)() for window in windows]
+    else:  # one pass over all five: reads run in parallel
+        parts = dask.compute(*(stack.isel(y=ys, x=xs).data for ys, xs in windows))
     return np.concatenate([np.asarray(p, dtype="float32").ravel() for p in parts])
 
 

@@ -98,3 +98,20 @@ def test_region_smaller_than_one_tile_gives_a_correct_tiny_output(card):
     tiny = make_stack(random_scene((3, 5), bands=3), ["red", "nir", "swir16"])
     probs = predict(tiny, model, device="cpu").values
     assert probs.shape == (2, 3, 5) and np.isfinite(probs).all()
+
+
+def test_value_check_reads_only_its_sample_windows(card):
+    """On a lazily read source, the value check reads its five 256² windows, not the chunks under them."""
+    import dask.array as dsa
+
+    from geoseg.fetch import scale_dn
+    from tests.test_streaming import Recording
+
+    dn = np.round(random_scene((600, 640), bands=3) * 10000).astype("uint16")
+    source = Recording(dn)
+    stack = make_stack(dn.astype("float32"), ["red", "nir", "swir16"], chunks=None)
+    lazy = scale_dn(stack.copy(data=dsa.from_array(source, chunks=(3, 600, 640))), 1e-4, 0.0, 0)
+    conform(lazy, card)
+    assert source.pixels_read() == 5 * 3 * 256 * 256  # the whole 600 x 640 chunk is 7x more
+    with pytest.raises(ContractError, match="unscaled digital numbers"):
+        conform(scale_dn(stack.copy(data=dsa.from_array(Recording(dn), chunks=(3, 300, 320))), 1.0, 0.0, 0), card)
