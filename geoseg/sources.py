@@ -178,7 +178,7 @@ def replayable(data: dsa.Array) -> Callable[[tuple[slice, ...]], Replayed] | Non
     from dask.blockwise import Blockwise
 
     hlg = data.__dask_graph__()
-    top = hlg.layers[data.name]
+    top = getattr(hlg, "layers", {}).get(data.name)
     if not isinstance(top, Blockwise) or _getter_layer(top):
         return None
     try:
