@@ -111,16 +111,14 @@ class Runner:
         out = np.empty((tiles.shape[0], len(self.card.classes)) + tiles.shape[2:], dtype="float32")
         cuda = self.device.startswith("cuda")
         amp_dtype = (torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
-        # one forward at a time per GPU; on the CPU, one per scheduler thread (see _CpuShare)
+        # one forward at a time per GPU; on the CPU, one per scheduler thread (see _CpuShare), softmax
+        # included: with the process's threads it would start an OpenMP team per scheduler thread
         cpu = self.device == "cpu"
-        with contextlib.nullcontext() if cpu else self._lock, torch.inference_mode():
+        with (_CPU.threads() if cpu else self._lock), torch.inference_mode():
             for i in range(0, tiles.shape[0], self.batch_size):
                 x = torch.from_numpy(tiles[i:i + self.batch_size]).to(self.device, non_blocking=True)
                 if cuda:
                     with torch.autocast("cuda", dtype=amp_dtype):
-                        logits = net(x)
-                elif cpu:
-                    with _CPU.threads():
                         logits = net(x)
                 else:
                     logits = net(x)

@@ -186,16 +186,7 @@ def replayable(data: dsa.Array) -> Callable[[tuple[slice, ...]], Replayed] | Non
     except _NotReplayable:
         return None
 
-    def window(slices: tuple[slice, ...]) -> Replayed:
-        out = build(slices, {})
-        return out if isinstance(out, Replayed) else Replayed(_Identity(), {"x": out})
-
-    return window
-
-
-class _Identity:
-    def __call__(self, values):
-        return values["x"]
+    return lambda slices: build(slices, {})
 
 
 def _getter_layer(layer) -> bool:
