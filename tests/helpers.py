@@ -36,3 +36,17 @@ def make_card(bands=("red", "nir"), *, time_steps: int = 1, tile_size: int = 32,
     )
     fields.update(kw)
     return ModelCard(**fields)
+
+
+class Recording:
+    """An array-like source (as a lazily opened COG) that records the windows read from it."""
+
+    def __init__(self, values: np.ndarray):
+        self.values, self.shape, self.dtype, self.ndim, self.reads = values, values.shape, values.dtype, values.ndim, []
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.values[key]
+
+    def pixels_read(self) -> int:
+        return sum(np.empty(self.shape, dtype=bool)[k].size for k in self.reads)

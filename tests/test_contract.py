@@ -105,7 +105,7 @@ def test_value_check_reads_only_its_sample_windows(card):
     import dask.array as dsa
 
     from geoseg.fetch import scale_dn
-    from tests.test_streaming import Recording
+    from tests.helpers import Recording
 
     dn = np.round(random_scene((600, 640), bands=3) * 10000).astype("uint16")
     source = Recording(dn)

@@ -24,7 +24,7 @@ from geoseg.inference import Runner, _stitched, predict
 from geoseg.models import Model
 from geoseg.sources import StackReader, fill, lookahead
 from geoseg.tiling import TileLayout
-from tests.helpers import make_card, make_stack
+from tests.helpers import Recording, make_card, make_stack
 from tests.test_predict_seams import FakeConvNet, random_scene, whole_image
 
 
@@ -61,20 +61,6 @@ def test_windowed_sources_are_recognized():
     values = random_scene((64, 64))
     assert StackReader(dsa.from_array(values, chunks=(2, 16, 16))).windowed
     assert not StackReader(chunked(values, 16, 16)).windowed
-
-
-class Recording:
-    """An array-like source (as a lazily opened COG) that records the windows read from it."""
-
-    def __init__(self, values: np.ndarray):
-        self.values, self.shape, self.dtype, self.ndim, self.reads = values, values.shape, values.dtype, values.ndim, []
-
-    def __getitem__(self, key):
-        self.reads.append(key)
-        return self.values[key]
-
-    def pixels_read(self) -> int:
-        return sum(np.empty(self.shape, dtype=bool)[k].size for k in self.reads)
 
 
 def _scale(block, factor):
