@@ -86,9 +86,8 @@ class StackReader:
             window = (slice(0, self.data.shape[0]), slice(y0, y1), slice(x0, x1))
             return [Piece((self.name, y0, y1, x0, x1), 0, y0, x0, self._replay(window))]
         if self.windowed:
-            (w,) = dask.optimize(self.data[:, y0:y1, x0:x1].rechunk(-1))
-            key = (w.name, 0, 0, 0)
-            return [Piece(w.name, 0, y0, x0, Read(dict(w.__dask_graph__()), key))]
+            read = _sliced(self.data, (slice(None), slice(y0, y1), slice(x0, x1)))
+            return [Piece(read.key[0], 0, y0, x0, read)]
         (bo, yo, xo) = self.offsets
         ys = [i for i in range(len(yo) - 1) if yo[i] < y1 and yo[i + 1] > y0]
         xs = [j for j in range(len(xo) - 1) if xo[j] < x1 and xo[j + 1] > x0]
@@ -136,6 +135,12 @@ def _is_elementwise(func) -> bool:
     from dask.array.chunk import astype
 
     return isinstance(func, np.ufunc) or func in ELEMENTWISE or func is astype or getattr(func, "elementwise", False) is True
+
+
+def _sliced(arr: dsa.Array, slices: tuple[slice, ...]) -> Read:
+    """The read of one window of ``arr`` as dask slices it (pushed into ``from_array`` getters)."""
+    (w,) = dask.optimize(arr[slices].rechunk(-1))
+    return Read(dict(w.__dask_graph__()), (w.name,) + (0,) * w.ndim)
 
 
 class Replayed:
@@ -210,8 +215,7 @@ def _plan(hlg, name: str, data: dsa.Array):
 
         def in_memory(slices, memo):
             if name not in memo:
-                (w,) = dask.optimize(arr[slices].rechunk(-1))
-                memo[name] = Read(dict(w.__dask_graph__()), (w.name,) + (0,) * w.ndim)
+                memo[name] = _sliced(arr, slices)
             return memo[name]
         return in_memory
     getter = _getter_layer(layer)
