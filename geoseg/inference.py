@@ -260,11 +260,14 @@ def _accumulate(prepared: tuple[np.ndarray, np.ndarray], y0: int, x0: int, layou
     T, (ny, nx) = layout.size, (layout.ny, layout.nx)
     width = valid.shape[1]
     acc = np.zeros((K + 1, T, width), dtype="float32")
-    win = layout.window()
+    win = _window(layout)
+    weighted = np.empty((K, T, T), dtype="float32")
     for todo, probs in batches:
         for s, p in zip(todo, probs if probs is not None else ()):
-            w = win * valid[:, s:s + T]
-            acc[:K, :, s:s + T] += p * w
+            inside = valid[:, s:s + T]
+            w = win if inside.all() else win * inside
+            np.multiply(p, w, out=weighted)
+            acc[:K, :, s:s + T] += weighted
             acc[K, :, s:s + T] += w
     pieces = []
     for lo, hi, cl, ch in blocks:
@@ -272,6 +275,14 @@ def _accumulate(prepared: tuple[np.ndarray, np.ndarray], y0: int, x0: int, layou
         c, d = max(cl, x0), min(ch, x0 + width, nx)
         pieces.append(np.ascontiguousarray(acc[:, a - y0:b - y0, c - x0:d - x0]))
     return tuple(pieces)
+
+
+@functools.lru_cache(maxsize=8)
+def _window(layout: TileLayout) -> np.ndarray:
+    """The layout's blend window, computed once (read only: every group shares it)."""
+    win = layout.window()
+    win.flags.writeable = False
+    return win
 
 
 def _blend(block: tuple[int, int, int, int], parts: list[tuple[int, int, np.ndarray]], K: int) -> np.ndarray:
@@ -284,9 +295,11 @@ def _blend(block: tuple[int, int, int, int], parts: list[tuple[int, int, np.ndar
         num[:, a - lo:b - lo, c - cl:d - cl] += piece[:K]
         den[a - lo:b - lo, c - cl:d - cl] += piece[K]
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = num / den
-    out[:, den <= 0] = np.nan  # no valid input reached these pixels
-    return out
+        num /= den
+    empty = den <= 0
+    if empty.any():
+        num[:, empty] = np.nan  # no valid input reached these pixels
+    return num
 
 
 #: Tiles per task along x: groups about this many pixels wide.
@@ -484,26 +497,51 @@ def predict(
 
 def classify(probs: xr.DataArray, card: ModelCard) -> tuple[xr.DataArray, xr.DataArray]:
     """(class ids uint8 with ``card.nodata_class`` where nodata, top-class probability float32)."""
+    from dask.base import tokenize
+
     ids = np.asarray(card.class_ids, dtype="uint8")
-    nodata = np.uint8(card.nodata_class)
-
-    def _classes(p: np.ndarray) -> np.ndarray:
-        valid = np.isfinite(p.sum(axis=0))  # every class finite (a NaN or inf anywhere spoils the sum)
-        return np.where(valid, ids[_argmax(p)], nodata).astype("uint8")
-
-    def _confidence(p: np.ndarray) -> np.ndarray:
-        top = p.max(axis=0)  # NaN wherever any class is NaN
-        top[~np.isfinite(p.sum(axis=0))] = np.nan
-        return top.astype("float32", copy=False)
-
+    lookup = None if np.array_equal(ids, np.arange(len(ids))) else ids  # ids 0..K-1 are the argmax itself
+    nodata = int(card.nodata_class)
     data = probs.data if isinstance(probs.data, dsa.Array) else dsa.from_array(np.asarray(probs.data))
     data = data.rechunk({0: -1})
-    cls = dsa.map_blocks(_classes, data, drop_axis=0, dtype="uint8")
-    conf = dsa.map_blocks(_confidence, data, drop_axis=0, dtype="float32")
+    # blocks come as a list along the class axis (one block), not concatenated: that would copy each
+    tok = tokenize(data.name, ids.tobytes(), nodata)
+    cls = dsa.blockwise(_class_block, "yx", data, "kyx", dtype="uint8", concatenate=False, name=f"classes-{tok}",
+                        lookup=lookup, nodata=nodata)
+    conf = dsa.blockwise(_confidence_block, "yx", data, "kyx", dtype="float32", concatenate=False, name=f"confidence-{tok}")
     coords = {k: v for k, v in probs.coords.items() if set(v.dims) <= {"y", "x"}}
-    c = xr.DataArray(cls, dims=("y", "x"), coords=coords, name="class", attrs={"nodata": int(nodata)})
+    c = xr.DataArray(cls, dims=("y", "x"), coords=coords, name="class", attrs={"nodata": nodata})
     f = xr.DataArray(conf, dims=("y", "x"), coords=coords, name="confidence", attrs={"nodata": np.nan})
     return c, f
+
+
+def _one(blocks: list[np.ndarray]) -> np.ndarray:
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+
+def _invalid(p: np.ndarray) -> np.ndarray | None:
+    """Where any class of (K, h, w) ``p`` is NaN or infinite (which spoils the sum), or None if nowhere."""
+    bad = ~np.isfinite(p.sum(axis=0))
+    return bad if bad.any() else None
+
+
+def _class_block(blocks: list[np.ndarray], lookup: np.ndarray | None, nodata: int) -> np.ndarray:
+    p = _one(blocks)
+    idx = _argmax(p)
+    out = idx.astype("uint8", copy=False) if lookup is None else lookup[idx]
+    bad = _invalid(p)
+    if bad is not None:
+        out[bad] = nodata
+    return out
+
+
+def _confidence_block(blocks: list[np.ndarray]) -> np.ndarray:
+    p = _one(blocks)
+    top = p.max(axis=0).astype("float32", copy=False)  # NaN wherever any class is NaN
+    bad = _invalid(p)
+    if bad is not None:
+        top[bad] = np.nan
+    return top
 
 
 def _argmax(p: np.ndarray) -> np.ndarray:

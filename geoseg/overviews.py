@@ -71,7 +71,15 @@ def _windows(block: np.ndarray, nodata: float | None, fill) -> tuple[np.ndarray,
 def average2(block: np.ndarray, nodata: float | None) -> np.ndarray:
     """(bands, h, w) → (bands, ceil(h / 2), ceil(w / 2)): the mean of each 2 x 2 window's valid pixels."""
     dtype = np.result_type(block.dtype, np.float32)
-    values, valid = _windows(block.astype(dtype, copy=False), nodata, 0)
+    x = block.astype(dtype, copy=False)
+    if not (x.shape[1] % 2 or x.shape[2] % 2) and (nodata is None or np.isnan(nodata)) and not np.isnan(x).any():
+        # every window whole and valid (the usual block): the sum below, in the same order, without masks
+        out = x[:, 0::2, 0::2] + x[:, 0::2, 1::2]
+        out += x[:, 1::2, 0::2]
+        out += x[:, 1::2, 1::2]
+        out /= dtype.type(4)
+        return out
+    values, valid = _windows(x, nodata, 0)
     total = np.where(valid[0], values[0], 0)
     count = valid[0].astype(dtype)
     for v, ok in zip(values[1:], valid[1:]):

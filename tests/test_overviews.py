@@ -63,6 +63,17 @@ def test_average2_ignores_nodata_and_halves_odd_edges(nodata, shape):
     np.testing.assert_allclose(out, _average_reference(block, np.nan if nodata is None else nodata), rtol=1e-6, equal_nan=True)
 
 
+def test_average2_of_a_block_without_nodata_is_the_masked_mean_bit_for_bit():
+    """Blocks without nodata take a shortcut: it must give exactly what the masked path gives."""
+    block = np.random.default_rng(1).random((2, 64, 96)).astype("float32") * 1000
+    holed = block.copy()
+    holed[0, 0, 0] = np.nan  # one NaN: the masked path, for the whole block
+    fast, masked = average2(block, np.nan), average2(holed, np.nan)
+    fast[0, 0, 0] = masked[0, 0, 0] = 0
+    assert fast.dtype == masked.dtype == np.float32
+    np.testing.assert_array_equal(fast, masked)
+
+
 def test_average2_ignores_nan_beside_a_numeric_nodata():
     block = np.array([[[1.0, np.nan, -1.0, -1.0], [3.0, -1.0, np.nan, -1.0]]], dtype="float32")
     np.testing.assert_array_equal(average2(block, -1.0), [[[2.0, -1.0]]])

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
-from geoseg.models import Model
+from geoseg.models import Model, ModelCard
 from geoseg.inference import classify, normalize, predict
 from tests.helpers import make_card, make_stack
 
@@ -106,6 +107,18 @@ def test_classify_maps_ids_and_nodata():
     np.testing.assert_array_equal(c[valid], np.argmax(p, axis=0)[valid])
     np.testing.assert_allclose(f[valid], p.max(axis=0)[valid])
     assert cls.odc.geobox == probs.odc.geobox
+
+
+def test_classify_maps_probabilities_to_the_cards_ids():
+    """Ids other than 0..K-1 go through the card's table; NaN and infinite probabilities are nodata."""
+    fields = make_card(classes=3).model_dump()
+    fields["classes"] = [{**c, "id": i} for c, i in zip(fields["classes"], (3, 7, 9))]
+    card = ModelCard.model_validate(fields)
+    p = np.array([[0.2, 0.1, 0.3, np.nan, 0.5, 0.2], [0.5, 0.1, 0.3, 0.2, -np.inf, 0.2], [0.3, 0.8, 0.4, 0.2, 0.5, 0.6]], "float32")
+    probs = xr.DataArray(p.reshape(3, 2, 3), dims=("class", "y", "x"))
+    cls, conf = classify(probs, card)
+    np.testing.assert_array_equal(cls.values.ravel(), [7, 9, 9, card.nodata_class, card.nodata_class, 9])
+    np.testing.assert_array_equal(conf.values.ravel(), np.array([0.5, 0.8, 0.4, np.nan, np.nan, 0.6], "float32"))
 
 
 @pytest.mark.parametrize("group_pixels", [1, 40])  # one tile per task, and two
