@@ -34,6 +34,7 @@ import xarray as xr
 
 from geoseg.contract import conform
 from geoseg.errors import InputError
+from geoseg.heap import keep_heap
 from geoseg.models import Model, ModelCard, cached
 from geoseg.sources import Read, StackReader, fill, local_threads, lookahead
 from geoseg.tiling import TileLayout
@@ -107,6 +108,7 @@ class Runner:
         """(N, C, T, T) float32 normalized → (N, K, T, T) float32 class probabilities."""
         import torch
 
+        keep_heap()  # in every process that runs forwards (see geoseg.heap)
         net = self.network()
         out = np.empty((tiles.shape[0], len(self.card.classes)) + tiles.shape[2:], dtype="float32")
         cuda = self.device.startswith("cuda")
