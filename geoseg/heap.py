@@ -10,7 +10,7 @@ shipped Unet/MobileNetV2 and writing its COGs, one process per setting,
 six processes each: with the defaults 0.19-0.77 M page faults and
 0.34-1.35 s of system time per run, and a median run of 5.48 s; with the
 settings below about 1 000 faults, 0.05-0.07 s, and 5.30 s (up to 12 %
-faster where the defaults fared worst). Peak RSS grew by 60-170 MiB.
+faster where the defaults fared worst). Peak RSS grew by 40-170 MiB.
 
 :func:`keep_heap` sets, once per process, a fixed 32 MiB mmap threshold
 (glibc's largest: smaller blocks come from the heap) and a 64 MiB top pad
