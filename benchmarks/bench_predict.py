@@ -11,9 +11,10 @@
     bare forward runs the very tiles the end-to-end run fed the network
     (recorded), and is the faster of one stream of batches using every torch
     thread and one stream per core on threads kept from run to run (one torch
-    thread each, as predict runs on the CPU). Seven alternations; the ratio is the median of the seven pairs (each
-    end-to-end run against the bare forwards right after it), so that a
-    machine whose speed drifts between runs compares like with like.
+    thread each, as predict runs on the CPU). Seven alternations; the ratio is
+    the median of the seven pairs (each end-to-end run against the bare
+    forwards right after it), so that a machine whose speed drifts between
+    runs compares like with like.
 (b) Peak RSS predicting a synthetic 4-band scene with a tiny model: one full
     Sentinel-2 tile (10980 x 10980) and a scene of 4x its area (2x each side),
     each in its own process. Goals: < 2 GiB, growing < 20 %.
@@ -154,7 +155,7 @@ def throughput(workdir: Path, size: int, model) -> dict:
         return time.perf_counter() - t0
 
     # the bare forward runs the very tiles the end-to-end run feeds the network, recorded on its
-    # warm-up run (random tiles ran ~1.5 % slower: no padding zeros)
+    # warm-up run (random tiles ran ~1.5 % slower)
     with fed_tiles(Runner) as fed:
         end_to_end()
     tiles = np.concatenate(fed)

@@ -41,16 +41,12 @@ _lock = threading.Lock()
 _state: list[bool] = []  # [applied] once decided
 
 
-def _environment_decides() -> str | None:
-    """Why the environment rules the heap, or None."""
+def _left_to_environment() -> bool:
+    """Whether the environment turned the setting off or sets the heap itself."""
     if os.environ.get("GEOSEG_HEAP_TUNING", "1").strip().lower() in ("0", "false", "no", "off"):
-        return "GEOSEG_HEAP_TUNING is off"
-    for name in ("MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_"):
-        if name in os.environ:
-            return f"{name} is set"
-    if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-        return "GLIBC_TUNABLES sets glibc.malloc"
-    return None
+        return True
+    return any(name in os.environ for name in ("MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_")) \
+        or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
 
 
 def keep_heap() -> bool:
@@ -64,7 +60,7 @@ def keep_heap() -> bool:
 
 
 def _apply() -> bool:
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or _environment_decides():
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or _left_to_environment():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
