@@ -47,10 +47,14 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def run_script(mode: str, **env) -> dict:
+def clean_env(**env) -> dict:
+    """This process's environment without any malloc setting, plus ``env``, with the project importable."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "GEOSEG_HEAP"))}
-    environ.update(env, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, env=environ, timeout=120)
+    return {**environ, **env, "PYTHONPATH": str(ROOT)}
+
+
+def run_script(mode: str, **env) -> dict:
+    r = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, env=clean_env(**env), timeout=120)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -75,9 +79,7 @@ def test_the_environments_malloc_settings_are_left_alone(env):
 def test_predicting_applies_it():
     code = ("import numpy as np, geoseg.heap as h; from tests.test_heap import tiny_runner; "
             "assert not h._state; tiny_runner()(np.zeros((1, 2, 32, 32), 'float32')); print(h._state)")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "GEOSEG_HEAP"))}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                       env={**environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300, env=clean_env())
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[True]"
 
