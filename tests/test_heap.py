@@ -84,6 +84,17 @@ def test_predicting_applies_it():
     assert r.stdout.strip().splitlines()[-1] == "[True]"
 
 
+@glibc
+def test_training_applies_it(tmp_path):
+    # applied first thing, so even a training that stops at once (no such config) has it
+    code = ("import geoseg.heap as h, geoseg.train as t\nassert not h._state\ntry:\n    t.train('missing.yaml', out_dir='.')\n"
+            "except Exception as err:\n    print(type(err).__name__)\nprint(h._state)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                       env=clean_env())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[True]", r.stdout
+
+
 def tiny_runner() -> Runner:
     card = make_card(tile_size=32, halo=8)
     net = torch.nn.Conv2d(len(card.bands), len(card.classes), 1).eval()
