@@ -33,6 +33,7 @@ import numpy as np
 import xarray as xr
 
 from geoseg.contract import conform
+from geoseg.cpunet import for_cpu
 from geoseg.errors import InputError
 from geoseg.heap import keep_heap
 from geoseg.models import Model, ModelCard, cached
@@ -101,8 +102,10 @@ class Runner:
             net = self.model.network
             if next(iter(net.parameters()), None) is not None and str(next(net.parameters()).device) != self.device:
                 net.to(self.device)
-            return net
-        return cached(self.card_path, self.device).network
+        else:
+            net = cached(self.card_path, self.device).network
+        # on the CPU: batch norm folded, the card's memory layout (see geoseg.cpunet)
+        return for_cpu(net, self.card.cpu_memory_format) if self.device == "cpu" else net
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         """(N, C, T, T) float32 normalized → (N, K, T, T) float32 class probabilities."""
@@ -119,6 +122,8 @@ class Runner:
         with (_CPU.threads() if cpu else self._lock), torch.inference_mode():
             for i in range(0, tiles.shape[0], self.batch_size):
                 x = torch.from_numpy(tiles[i:i + self.batch_size]).to(self.device, non_blocking=True)
+                if cpu and self.card.cpu_memory_format == "channels_last":
+                    x = x.contiguous(memory_format=torch.channels_last)
                 if cuda:
                     with torch.autocast("cuda", dtype=amp_dtype):
                         logits = net(x)

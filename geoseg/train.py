@@ -476,6 +476,7 @@ def train(
         encoder=config.network.encoder, architecture_kwargs=dict(config.network.kwargs), bands=tuple(config.bands),
         time_steps=config.time_steps, normalization=Normalization(mean=(0.0,) * in_ch, std=(1.0,) * in_ch),
         classes=classes, resolution=config.resolution, tile_size=config.inference.tile_size, halo=config.inference.halo,
+        cpu_memory_format=config.inference.cpu_memory_format,
         size_divisor=1, weights=f"{config.name}.safetensors",
     )
     net = build_network(draft)
