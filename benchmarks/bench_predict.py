@@ -11,7 +11,10 @@
     bare forward runs the very tiles the end-to-end run fed the network
     (recorded), and is the faster of one stream of batches using every torch
     thread and one stream per core on threads kept from run to run (one torch
-    thread each, as predict runs on the CPU). Seven alternations; the ratio is
+    thread each, as predict runs on the CPU), both through predict's CPU
+    network (batch norm folded, the card's memory layout: geoseg.cpunet); the
+    eager network's forwards are timed beside them (informative: the speed-up
+    of that network). Seven alternations; the ratio is
     the median of the seven pairs (each end-to-end run against the bare
     forwards right after it), so that a machine whose speed drifts between
     runs compares like with like.
@@ -162,34 +165,45 @@ def throughput(workdir: Path, size: int, model) -> dict:
     n = len(tiles)
 
     streams = os.cpu_count() or 1
+
+    class Eager(Runner):
+        """The network as loaded, batch norm unfolded, contiguous layout: what CPU inference ran before geoseg.cpunet."""
+
+        def network(self):
+            return model.network
+
+    eager = Eager(card=card.model_copy(update={"cpu_memory_format": "contiguous"}), device="cpu", batch_size=runner.batch_size, model=model)
     # threads kept from run to run, as dask keeps its pool: fresh threads would start each run
     # with cold heaps (page faults) and made the bare forward ~10 % slower
     pool = ThreadPoolExecutor(streams)
 
-    def bare_forward(parallel: bool) -> float:
+    def bare_forward(parallel: bool, run=runner) -> float:
         """The same tiles through the same runner, nothing else: one stream of batches
         with all torch threads, or one stream per core taking the next batch as it
         finishes one (one thread each, as predict runs on the CPU)."""
-        batches = [tiles[i:i + runner.batch_size] for i in range(0, n, runner.batch_size)]
+        batches = [tiles[i:i + run.batch_size] for i in range(0, n, run.batch_size)]
         t0 = time.perf_counter()
         if parallel:
-            list(pool.map(runner, batches))
+            list(pool.map(run, batches))
         else:
             for batch in batches:
-                runner(batch)
+                run(batch)
         return time.perf_counter() - t0
 
     # alternate, seven times each. The machine's speed drifts (2 shared cores): each end-to-end run is
     # compared with the bare forwards run right after it, and the ratio is the median of those pairs.
     # The baseline of a pair is the faster of its two bare forwards.
-    e2e_runs, one_runs, par_runs = [], [], []
+    # The eager network's forwards (informative) run after the pair, on the same threads.
+    e2e_runs, one_runs, par_runs, eager_runs = [], [], [], []
+    bare_forward(True, eager)  # its warm-up
     for _ in range(7):
         e2e_runs.append(end_to_end())
         one_runs.append(bare_forward(False))
         par_runs.append(bare_forward(True))
+        eager_runs.append(bare_forward(True, eager))
     pool.shutdown()
     pairs = [min(o, p) / e for e, o, p in zip(e2e_runs, one_runs, par_runs)]
-    e2e, one, par = (float(np.median(r)) for r in (e2e_runs, one_runs, par_runs))
+    e2e, one, par, slow = (float(np.median(r)) for r in (e2e_runs, one_runs, par_runs, eager_runs))
     bare = min(one, par)
     mpx = n * card.tile_size ** 2 / 1e6
     return {
@@ -202,6 +216,8 @@ def throughput(workdir: Path, size: int, model) -> dict:
         "ratio_of_medians": round(bare / e2e, 3),
         "paired_ratios": " ".join(f"{r:.3f}" for r in pairs),
         "ratio": round(float(np.median(pairs)), 3),
+        f"eager_network_{streams}_streams_s": round(slow, 2),
+        "cpu_network_speedup": round(float(np.median([s / p for s, p in zip(eager_runs, par_runs)])), 3),
     }
 
 
@@ -263,7 +279,7 @@ def main(argv=None) -> None:
             a = throughput(tmp, tp_size, build())
             print(f"({'a' if i == 0 else 'a, ' + what}) predict throughput with {what}, end to end vs bare model forward (same tiles, same process)", flush=True)
             for k, v in a.items():
-                print(f"    {k:24s} {v}")
+                print(f"    {k:26s} {v}")
             print(f"    => ratio end-to-end / bare = {a['ratio']:.3f}, median of {len(a['paired_ratios'].split())} pairs"
                   + ("  (goal >= 0.9 on CPU)" if i == 0 else "  (informative)"), flush=True)
         if args.skip_memory:
