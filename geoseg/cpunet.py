@@ -16,8 +16,9 @@ Unet/MobileNetV2 1.46 / 1.34 / 0.94 s, Unet/ResNet18 1.77 / 1.71 / 1.34 s,
 UnetPlusPlus/ResNet18 (256²) 1.21 / 1.23 / 0.97 s, DeepLabV3Plus/ResNet34
 1.91 / 1.94 / 1.81 s; but Segformer/MiT-B0 1.92 / 1.91 / 2.42 s and
 FPN/EfficientNet-B0 1.17 / 1.15 / 1.31 s ran slower channels-last. So the
-layout is the card's to declare (the shipped cards do, measured), never
-guessed, and results stay reproducible: the same card runs the same kernels.
+layout is the card's to declare, measured, never guessed at run time, and
+results stay reproducible: the same card runs the same kernels. ``geoseg
+train`` measures it (:func:`fastest_layout`) unless its config says which.
 
 The GPU path is left as it is: none of this was measured on a GPU.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 import weakref
 
 #: card.cpu_memory_format values
@@ -92,3 +94,35 @@ def for_cpu(network, layout: str = "contiguous"):
                 net = net.to(memory_format=torch.channels_last)
             made[layout] = (state, net)
         return made[layout][1]
+
+
+def pick_layout(seconds: dict[str, float], margin: float = 0.05) -> str:
+    """``channels_last`` when it ran at least ``margin`` faster, else the default (near a tie, no change)."""
+    return "channels_last" if seconds["channels_last"] < (1 - margin) * seconds["contiguous"] else "contiguous"
+
+
+def fastest_layout(network, channels: int, tile: int, *, repeats: int = 3) -> tuple[str, dict[str, float]]:
+    """Which layout runs ``network`` faster on one ``tile``² tile of ``channels``, as CPU
+    inference runs it (one torch thread, folded); and each layout's best of ``repeats`` seconds."""
+    import torch
+
+    net = copy.deepcopy(network).cpu().eval()
+    x = torch.randn(1, channels, tile, tile, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    seconds = {}
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for layout in LAYOUTS:
+                run = for_cpu(net, layout)
+                xi = x.contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+                run(xi)  # warm-up: oneDNN picks and caches its kernels
+                best = float("inf")
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    run(xi)
+                    best = min(best, time.perf_counter() - t0)
+                seconds[layout] = round(best, 4)
+    finally:
+        torch.set_num_threads(threads)
+    return pick_layout(seconds), seconds

@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from geoseg.cpunet import fastest_layout
 from geoseg.errors import InputError
 from geoseg.heap import keep_heap
 from geoseg.labels import UNLABELLED, LabelError, LabelStats
@@ -476,7 +477,7 @@ def train(
         encoder=config.network.encoder, architecture_kwargs=dict(config.network.kwargs), bands=tuple(config.bands),
         time_steps=config.time_steps, normalization=Normalization(mean=(0.0,) * in_ch, std=(1.0,) * in_ch),
         classes=classes, resolution=config.resolution, tile_size=config.inference.tile_size, halo=config.inference.halo,
-        cpu_memory_format=config.inference.cpu_memory_format,
+        cpu_memory_format="contiguous" if config.inference.cpu_memory_format == "auto" else config.inference.cpu_memory_format,
         size_divisor=1, weights=f"{config.name}.safetensors",
     )
     net = build_network(draft)
@@ -609,9 +610,17 @@ def train(
         "history": history,
         "data": data,
     }
+    layout, layout_note = draft.cpu_memory_format, "set in the config"
+    if config.inference.cpu_memory_format == "auto":
+        layout, seconds = fastest_layout(net, in_ch, config.inference.tile_size)
+        layout_note = f"measured here, one {config.inference.tile_size}² tile on one CPU thread: " + \
+            ", ".join(f"{k} {v:g} s" for k, v in seconds.items())
+        log(f"CPU inference layout: {layout} ({layout_note})")
+    provenance["cpu_memory_format"] = f"{layout}: {layout_note}"
     card = draft.model_copy(update={
         "normalization": Normalization(mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std)),
         "size_divisor": divisor,
+        "cpu_memory_format": layout,
         "provenance": _json_safe(provenance),
     })
     card = ModelCard.model_validate(card.model_dump())

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from geoseg.cpunet import for_cpu, fold_batchnorm
+from geoseg.cpunet import LAYOUTS, fastest_layout, fold_batchnorm, for_cpu, pick_layout
 from geoseg.inference import Runner
 from geoseg.models import Model, ModelError, build_network, read_card
+from geoseg.train_config import InferenceConfig
 from tests.helpers import make_card
 
 
@@ -114,3 +115,23 @@ def test_a_card_with_an_unknown_layout_is_refused_by_name(tmp_path):
     (tmp_path / "card.json").write_text(json.dumps({**data, "cpu_memory_format": "nhwc"}))
     with pytest.raises(ModelError, match="cpu_memory_format"):
         read_card(tmp_path / "card.json")
+
+
+def test_channels_last_is_picked_only_when_clearly_faster():
+    assert pick_layout({"contiguous": 1.0, "channels_last": 0.7}) == "channels_last"
+    assert pick_layout({"contiguous": 1.0, "channels_last": 0.97}) == "contiguous"  # a tie keeps the default
+    assert pick_layout({"contiguous": 1.0, "channels_last": 1.3}) == "contiguous"
+
+
+def test_fastest_layout_times_both_and_leaves_the_thread_setting():
+    before = torch.get_num_threads()
+    layout, seconds = fastest_layout(trained_like(), 2, 64, repeats=1)
+    assert layout in LAYOUTS and set(seconds) == set(LAYOUTS) and all(s > 0 for s in seconds.values())
+    assert layout == pick_layout(seconds)
+    assert torch.get_num_threads() == before
+
+
+def test_training_config_layout_values():
+    assert InferenceConfig().cpu_memory_format == "auto"
+    with pytest.raises(ValueError, match="cpu_memory_format"):
+        InferenceConfig.model_validate({"cpu_memory_format": "nhwc"})

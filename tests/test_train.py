@@ -57,6 +57,9 @@ def test_tiny_training_writes_a_loadable_model(trained, crops, kind):
     assert any(f["path"].endswith(".gpkg" if kind == "polygons" else "-cm.tif") for f in files)
     assert prov["validation"]["monitor"] == "f1:change" and "per_class" in prov["validation"]["scores"]
     assert prov["split"] == {"train": ["bercy"], "val": ["aguasclaras"], "val_groups": ["aguasclaras"]}
+    # the CPU layout was measured after training (the config says auto) and recorded with its timings
+    assert card["cpu_memory_format"] in ("contiguous", "channels_last")
+    assert prov["cpu_memory_format"].startswith(card["cpu_memory_format"] + ": measured here, one 64² tile")
 
     # geoseg.models.load + the tiled predictor run on the result
     from geoseg.models import load
