@@ -85,13 +85,14 @@ def for_cpu(network, layout: str = "contiguous"):
     with _lock:
         made = _copies.setdefault(network, {})
         if layout not in made or made[layout][0] != state:
-            try:
-                net = copy.deepcopy(network)
-            except (TypeError, RuntimeError):  # state that cannot be copied (a lock, a handle): run it as it is
-                return network
-            net = fold_batchnorm(net)
-            if layout == "channels_last":
-                net = net.to(memory_format=torch.channels_last)
+            with torch.inference_mode(False):  # plain tensors, even if the caller runs in inference mode
+                try:
+                    net = copy.deepcopy(network)
+                except (TypeError, RuntimeError):  # state that cannot be copied (a lock, a handle): run it as it is
+                    return network
+                net = fold_batchnorm(net)
+                if layout == "channels_last":
+                    net = net.to(memory_format=torch.channels_last)
             made[layout] = (state, net)
         return made[layout][1]
 
@@ -107,14 +108,14 @@ def fastest_layout(network, channels: int, tile: int, *, repeats: int = 3) -> tu
     import torch
 
     net = copy.deepcopy(network).cpu().eval()
+    runs = {layout: for_cpu(net, layout) for layout in LAYOUTS}
     x = torch.randn(1, channels, tile, tile, generator=torch.Generator().manual_seed(0))
     threads = torch.get_num_threads()
     seconds = {}
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            for layout in LAYOUTS:
-                run = for_cpu(net, layout)
+            for layout, run in runs.items():
                 xi = x.contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
                 run(xi)  # warm-up: oneDNN picks and caches its kernels
                 best = float("inf")

@@ -47,6 +47,15 @@ def test_folding_removes_the_batch_norms_and_keeps_the_function():
         np.testing.assert_array_equal(net(x).numpy(), want.numpy())  # the network itself is left as it was
 
 
+def test_made_inside_inference_mode_too():
+    net = trained_like()
+    x = torch.randn(1, 2, 64, 64)
+    with torch.inference_mode():
+        cl = for_cpu(net, "channels_last")  # a caller already in inference mode
+        np.testing.assert_allclose(cl(x.contiguous(memory_format=torch.channels_last)).numpy(), net(x).numpy(), rtol=1e-4, atol=1e-4)
+    assert not any(p.is_inference() for p in cl.parameters())
+
+
 def test_norms_in_training_mode_are_not_folded():
     net = trained_like().train()
     assert batchnorms(fold_batchnorm(net)) == batchnorms(trained_like())
