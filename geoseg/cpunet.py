@@ -97,6 +97,13 @@ def for_cpu(network, layout: str = "contiguous"):
         return made[layout][1]
 
 
+def as_layout(batch, layout: str):
+    """A batch tensor laid out as a network made by ``for_cpu(..., layout)`` runs fastest."""
+    import torch
+
+    return batch.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else batch
+
+
 def pick_layout(seconds: dict[str, float], margin: float = 0.05) -> str:
     """``channels_last`` when it ran at least ``margin`` faster, else the default (near a tie, no change)."""
     return "channels_last" if seconds["channels_last"] < (1 - margin) * seconds["contiguous"] else "contiguous"
@@ -116,7 +123,7 @@ def fastest_layout(network, channels: int, tile: int, *, repeats: int = 3) -> tu
     try:
         with torch.inference_mode():
             for layout, run in runs.items():
-                xi = x.contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+                xi = as_layout(x, layout)
                 run(xi)  # warm-up: oneDNN picks and caches its kernels
                 best = float("inf")
                 for _ in range(repeats):

@@ -33,7 +33,7 @@ import numpy as np
 import xarray as xr
 
 from geoseg.contract import conform
-from geoseg.cpunet import for_cpu
+from geoseg.cpunet import as_layout, for_cpu
 from geoseg.errors import InputError
 from geoseg.heap import keep_heap
 from geoseg.models import Model, ModelCard, cached
@@ -122,8 +122,8 @@ class Runner:
         with (_CPU.threads() if cpu else self._lock), torch.inference_mode():
             for i in range(0, tiles.shape[0], self.batch_size):
                 x = torch.from_numpy(tiles[i:i + self.batch_size]).to(self.device, non_blocking=True)
-                if cpu and self.card.cpu_memory_format == "channels_last":
-                    x = x.contiguous(memory_format=torch.channels_last)
+                if cpu:
+                    x = as_layout(x, self.card.cpu_memory_format)
                 if cuda:
                     with torch.autocast("cuda", dtype=amp_dtype):
                         logits = net(x)
