@@ -177,7 +177,13 @@ def test_killed_run_resumes_and_matches(tmp_path, seg_model, reference, capsys):
     proc = subprocess.Popen([sys.executable, "-m", "geoseg", "run", str(wf)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(list(cache.rglob("b*.npy"))) < 3 and proc.poll() is None:
+
+    def saves_tiles() -> bool:
+        # at least 3 blocks, and the top two row blocks of one product: its first tile row is then needed
+        # by no missing block. (Blocks scattered over products, or a gap, could save no tile at all.)
+        return len(list(cache.rglob("b*.npy"))) >= 3 and any((f.parent / "b0_1_0.npy").exists() for f in cache.rglob("b0_0_0.npy"))
+
+    while time.monotonic() < deadline and not saves_tiles() and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # the run and its worker processes, mid-way
