@@ -1,7 +1,7 @@
 """Tiled inference over a lazy stack, stitched without seams.
 
 :func:`predict` builds a dask graph with three kinds of task per *tile
-group* (about ``GROUP_PIXELS`` of one row of tiles): one fills the group's
+group* (about ``GROUP_PIXELS`` of one row of tiles, as even as possible): one fills the group's
 window from the reads of :mod:`geoseg.sources` and normalizes it, one per
 batch of its tiles runs the network, and one weights each tile by the blend
 window of :mod:`geoseg.tiling` and cuts the result into one piece per output
@@ -218,22 +218,15 @@ def normalize(strip: np.ndarray, card: ModelCard, *, inplace: bool = False) -> t
     return x, valid
 
 
-def _group_extent(layout: TileLayout, x0: int) -> tuple[int, int]:
-    """(index of the first tile, width in pixels) of the tile group starting at column ``x0``."""
-    n = (x0 + layout.x.halo) // layout.x.stride
-    last = min(n + _group_size(layout), len(layout.x.starts)) - 1
-    return n, layout.x.starts[last] + layout.size - x0
-
-
-def _prepare(parts: tuple, channels: int, y0: int, x0: int, layout: TileLayout, card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+def _prepare(parts: tuple, channels: int, y0: int, x0: int, width: int, layout: TileLayout, card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
     """The normalized input of a group of tiles of one tile row, and its valid mask.
 
     The tiles start at row ``y0`` and columns ``x0, x0 + stride, ...`` (scene
-    coordinates, negative or past the edge where they hang over it).
+    coordinates, negative or past the edge where they hang over it); the
+    group's window is ``width`` pixels wide.
     ``parts`` are the input these tiles cover, as (band, row, col, data)
     (see :mod:`geoseg.sources`): the task fills its own window from them.
     """
-    _, width = _group_extent(layout, x0)
     T = layout.size
     buf = np.empty((channels, T, width), dtype="float32")
     # the parts cover every pixel of the window that lies in the scene: only the overhang is nodata
@@ -309,11 +302,12 @@ def _blend(block: tuple[int, int, int, int], parts: list[tuple[int, int, np.ndar
     return num
 
 
-#: Tiles per task along x: groups about this many pixels wide.
+#: Tiles per task along x: groups about this many pixels wide (see TileLayout.tile_groups).
 GROUP_PIXELS = 2048
 
 
 def _group_size(layout: TileLayout) -> int:
+    """The number of tiles :meth:`TileLayout.tile_groups` aims at for a group."""
     return max(1, GROUP_PIXELS // layout.x.stride)
 
 
@@ -354,12 +348,13 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
     reader = StackReader(data)
     G = _group_size(layout)
     rows, cols, groups = layout.output_rows(), layout.output_cols(G), layout.tile_groups(G)
+    group_of = {tile: g for g, (first, end) in enumerate(groups) for tile in range(first, end)}
     # which output blocks each (tile row, tile group) task reaches with positive weight
     reach: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for i, (lo, hi) in enumerate(rows):
         for j, (cl, ch) in enumerate(cols):
             for k in layout.y.contributors(lo, hi):
-                for g in sorted({l // G for l in layout.x.contributors(cl, ch)}):
+                for g in sorted({group_of[l] for l in layout.x.contributors(cl, ch)}):
                     reach.setdefault((k, g), []).append((i, j))
     order = sorted(reach)
     last_use = {b: n for n, kg in enumerate(order) for b in reach[kg]}
@@ -373,6 +368,7 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
     for n, (k, g) in enumerate(order):
         y0, x0 = layout.y.starts[k], layout.x.starts[groups[g][0]]
         x1 = layout.x.starts[groups[g][1] - 1] + T
+        starts = tuple(s - x0 for s in layout.x.starts[groups[g][0]:groups[g][1]])  # the tiles' columns in the window
         gate = TaskRef(gates[n - ahead]) if ahead is not None and n >= ahead else None
         parts = []
         for piece in reader.pieces(y0, y0 + T, x0, x1):
@@ -386,9 +382,7 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
         # the group's input once, then one task per batch of its tiles (so several threads or GPUs
         # share a group, and the last groups do not run alone), then one to blend the batches
         prep = (f"geoseg-prep-{tok}", k, g)
-        dsk[prep] = Task(prep, _prepare, parse_input(tuple(parts)), int(data.shape[0]), y0, x0, layout, runner.card)
-        first = _group_extent(layout, x0)[0]
-        starts = tuple(s - x0 for s in layout.x.starts[first:first + _group_size(layout)])
+        dsk[prep] = Task(prep, _prepare, parse_input(tuple(parts)), int(data.shape[0]), y0, x0, x1 - x0, layout, runner.card)
         batches = []
         for b in range(0, len(starts), runner.batch_size):
             batches.append((f"geoseg-infer-{tok}", k, g, b))

@@ -106,11 +106,19 @@ class TileLayout:
         return [(lo, min(lo + s, self.ny)) for lo in range(0, self.ny, s)]
 
     def tile_groups(self, group: int) -> list[tuple[int, int]]:
-        """Tiles of a row split into groups of ``group`` tiles: [first, last + 1) indices."""
+        """Tiles of a row split into groups of about ``group`` tiles: [first, last + 1) indices.
+
+        The groups are as even as possible, none more than half again ``group``,
+        so no group is a sliver: a row of 7 tiles with ``group=6`` is one group of
+        7, not 6 and 1 (a group of one tile costs a read, a normalize and a blend
+        of its own for a seventh of the work, and re-reads its overlap).
+        """
         n = len(self.x.starts)
-        return [(g, min(g + group, n)) for g in range(0, n, group)]
+        m = max(1, (n + group // 2) // group)
+        bounds = [k * n // m for k in range(m + 1)]
+        return list(zip(bounds[:-1], bounds[1:]))
 
     def output_cols(self, group: int) -> list[tuple[int, int]]:
-        """Column blocks [lo, hi) of the output: the cores of ``group`` tiles each."""
-        w = self.x.stride * group
-        return [(lo, min(lo + w, self.nx)) for lo in range(0, self.nx, w)]
+        """Column blocks [lo, hi) of the output: the cores of each group of :meth:`tile_groups`."""
+        los = [first * self.x.stride for first, _ in self.tile_groups(group)]
+        return list(zip(los, [*los[1:], self.nx]))

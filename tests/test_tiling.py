@@ -75,6 +75,31 @@ def test_output_rows_partition_the_scene():
     assert all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
 
 
+@settings(max_examples=300, deadline=None)
+@given(axes(), st.integers(1, 12))
+def test_tile_groups_are_even_and_output_cols_partition_the_scene(axis, group):
+    layout = TileLayout(10, axis.length, axis.size, axis.halo)
+    groups = layout.tile_groups(group)
+    n = len(axis.starts)
+    assert groups[0][0] == 0 and groups[-1][1] == n and all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
+    sizes = [b - a for a, b in groups]
+    assert max(sizes) - min(sizes) <= 1  # as even as possible
+    assert max(sizes) < 1.5 * group or len(groups) == 1 and n < 1.5 * group  # never far past the target
+    assert min(sizes) >= group // 2 or len(groups) == 1  # and never a sliver
+    cols = layout.output_cols(group)
+    assert len(cols) == len(groups) and cols[0][0] == 0 and cols[-1][1] == axis.length
+    assert all(a[1] == b[0] for a, b in zip(cols, cols[1:])) and all(lo < hi for lo, hi in cols)
+    # each column block starts where its group's first tile's core does
+    assert [lo for lo, _ in cols] == [axis.starts[first] + axis.halo for first, _ in groups]
+
+
+def test_a_sliver_of_a_group_joins_its_neighbour():
+    layout = TileLayout(2048, 2048, 512, 96)  # 7 tiles per row, stride 320
+    assert layout.tile_groups(6) == [(0, 7)]
+    assert layout.tile_groups(3) == [(0, 3), (3, 7)]
+    assert layout.output_cols(3) == [(0, 960), (960, 2048)]
+
+
 def test_bad_axes_are_refused():
     with pytest.raises(ValueError, match="no core"):
         Axis(10, 16, 8)
