@@ -22,7 +22,14 @@
     Sentinel-2 tile (10980 x 10980) and a scene of 4x its area (2x each side),
     each in its own process. Goals: < 2 GiB, growing < 20 %.
 
-    python -m benchmarks predict [--quick] [--skip-memory] [--skip-small-tiles]
+    A 2048² scene has more tiles per pixel than a larger one (its edge tiles
+    hang over by a halo on every side: 49 tiles of 512² for 4.2 Mpx, where a
+    4096² scene has 169 for 16.8 Mpx), so it gives the forward more work per
+    pixel, and the work beside it (which goes with pixels) less weight:
+    ``--size 4096`` measures (a) nearer the proportions of a whole
+    Sentinel-2 tile (10980²: 1225 tiles), in about four times the time.
+
+    python -m benchmarks predict [--quick] [--size N] [--skip-memory] [--skip-small-tiles]
 """
 
 from __future__ import annotations
@@ -263,13 +270,14 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small scenes (a smoke run, not the reported figures)")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--size", type=int, default=2048, help="side of (a)'s synthetic scenes in pixels (default 2048)")
     p.add_argument("--skip-memory", action="store_true", help="only (a)")
     p.add_argument("--skip-small-tiles", action="store_true", help="(a) with the shipped model only")
     args = p.parse_args(argv)
     if args.child:
         memory_child(int(args.child[0]), args.child[1])
         return
-    tp_size, mem_sizes = (768, (1024, 2048)) if args.quick else (2048, (10980, 21960))
+    tp_size, mem_sizes = (768, (1024, 2048)) if args.quick else (args.size, (10980, 21960))
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp:
         tmp = Path(tmp)
         runs = [("the shipped model", shipped_model)]
