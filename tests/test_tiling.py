@@ -84,7 +84,7 @@ def test_tile_groups_are_even_and_output_cols_partition_the_scene(axis, group):
     assert groups[0][0] == 0 and groups[-1][1] == n and all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
     sizes = [b - a for a, b in groups]
     assert max(sizes) - min(sizes) <= 1  # as even as possible
-    assert max(sizes) < 1.5 * group or len(groups) == 1 and n < 1.5 * group  # never far past the target
+    assert max(sizes) < 1.5 * group  # never far past the target
     assert min(sizes) >= group // 2 or len(groups) == 1  # and never a sliver
     cols = layout.output_cols(group)
     assert len(cols) == len(groups) and cols[0][0] == 0 and cols[-1][1] == axis.length
