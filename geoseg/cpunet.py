@@ -29,9 +29,11 @@ import copy
 import threading
 import time
 import weakref
+from typing import Literal, get_args
 
-#: card.cpu_memory_format values
-LAYOUTS = ("contiguous", "channels_last")
+#: card.cpu_memory_format values (the card and the training config validate against this type)
+Layout = Literal["contiguous", "channels_last"]
+LAYOUTS: tuple[str, ...] = get_args(Layout)
 
 _lock = threading.Lock()
 _copies: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

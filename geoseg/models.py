@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from geoseg.cpunet import Layout
 from geoseg.errors import InputError
 
 
@@ -81,7 +82,7 @@ class ModelCard(BaseModel):
     tile_size: int = Field(gt=0, description="Tile edge in pixels for inference.")
     halo: int = Field(ge=0, description="Pixels of context on each tile side whose predictions are down-weighted when stitching.")
     size_divisor: int = Field(32, gt=0, description="Network input sides must be multiples of this.")
-    cpu_memory_format: Literal["contiguous", "channels_last"] = Field(
+    cpu_memory_format: Layout = Field(
         "contiguous", description="Tensor layout for CPU inference: channels_last runs many CNN encoders (MobileNet, "
         "ResNet) 1.1-1.6x faster, but transformers and EfficientNets slower: measure before setting it (geoseg.cpunet).")
     weights: str = Field(description="Weights file name, relative to the card.")

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from geoseg.cpunet import Layout
 from geoseg.errors import InputError
 
 _VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb")
@@ -270,7 +271,7 @@ class InferenceConfig(_Strict):
 
     tile_size: int = Field(256, gt=0, description="Tile edge for inference, pixels; a multiple of the size divisor.")
     halo: int = Field(32, ge=0, description="Context pixels per tile side down-weighted when stitching.")
-    cpu_memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
+    cpu_memory_format: Literal["auto", Layout] = Field(
         "auto", description="Tensor layout for CPU inference, recorded in the card. 'auto' times one tile both ways after "
         "training and keeps channels_last if it is at least 5 % faster (MobileNet and ResNet encoders: 1.1-1.6x; "
         "transformers and EfficientNets run slower) (geoseg.cpunet).")
