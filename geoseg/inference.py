@@ -2,7 +2,9 @@
 
 :func:`predict` builds a dask graph with three kinds of task per *tile
 group* (about ``GROUP_PIXELS`` of one row of tiles, as even as possible): one fills the group's
-window from the reads of :mod:`geoseg.sources` and normalizes it, one per
+window from the reads of :mod:`geoseg.sources` and normalizes it (on the
+local scheduler, the rows it shares with the same group one tile row up
+are copied from that group's window, not read again), one per
 batch of its tiles runs the network, and one weights each tile by the blend
 window of :mod:`geoseg.tiling` and cuts the result into one piece per output
 block. One more task per *output block* sums the weighted pieces that reach
@@ -108,7 +110,7 @@ class Runner:
         return for_cpu(net, self.card.cpu_memory_format) if self.device == "cpu" else net
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        """(N, C, T, T) float32 normalized → (N, K, T, T) float32 class probabilities."""
+        """(N, C, T, T) float32 normalized (contiguous or a view) → (N, K, T, T) float32 class probabilities."""
         import torch
 
         keep_heap()  # in every process that runs forwards (see geoseg.heap)
@@ -218,7 +220,8 @@ def normalize(strip: np.ndarray, card: ModelCard, *, inplace: bool = False) -> t
     return x, valid
 
 
-def _prepare(parts: tuple, channels: int, y0: int, x0: int, width: int, layout: TileLayout, card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+def _prepare(parts: tuple, channels: int, y0: int, x0: int, width: int, layout: TileLayout, card: ModelCard,
+             above: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The normalized input of a group of tiles of one tile row, and its valid mask.
 
     The tiles start at row ``y0`` and columns ``x0, x0 + stride, ...`` (scene
@@ -226,15 +229,23 @@ def _prepare(parts: tuple, channels: int, y0: int, x0: int, width: int, layout: 
     group's window is ``width`` pixels wide.
     ``parts`` are the input these tiles cover, as (band, row, col, data)
     (see :mod:`geoseg.sources`): the task fills its own window from them.
+    ``above``, if given, is the same group's prepared window one tile row up:
+    its last ``2 * halo`` rows are this window's first, copied instead of read
+    and normalized again, and ``parts`` cover only the rows below them.
     """
     T = layout.size
+    keep = 0 if above is None else T - layout.y.stride
     buf = np.empty((channels, T, width), dtype="float32")
+    valid = np.empty((T, width), dtype=bool)
+    if keep:
+        buf[:, :keep], valid[:keep] = above[0][:, T - keep:], above[1][T - keep:]
     # the parts cover every pixel of the window that lies in the scene: only the overhang is nodata
-    top, bottom = min(T, max(0, -y0)), max(0, min(T, layout.ny - y0))
+    top, bottom = min(T, max(keep, -y0)), max(keep, min(T, layout.ny - y0))
     left, right = min(width, max(0, -x0)), max(0, min(width, layout.nx - x0))
-    buf[:, :top] = buf[:, bottom:] = buf[:, :, :left] = buf[:, :, right:] = np.nan
-    fill(buf, y0, x0, parts)
-    return normalize(buf, card, inplace=True)
+    buf[:, keep:top] = buf[:, bottom:] = buf[:, keep:, :left] = buf[:, keep:, right:] = np.nan
+    fill(buf[:, keep:], y0 + keep, x0, parts)
+    _, valid[keep:] = normalize(buf[:, keep:], card, inplace=True)
+    return buf, valid
 
 
 def _forward(prepared: tuple[np.ndarray, np.ndarray], starts: tuple[int, ...], size: int, runner: Runner):
@@ -244,6 +255,8 @@ def _forward(prepared: tuple[np.ndarray, np.ndarray], starts: tuple[int, ...], s
     todo = [s for s in starts if valid[:, s:s + size].any()]
     if not todo:
         return todo, None
+    if len(todo) == 1:  # a view, not a copy: the runner lays it out for the network (one copy, not two)
+        return todo, runner(x[None, :, :, todo[0]:todo[0] + size])
     return todo, runner(np.stack([x[:, :, s:s + size] for s in todo]))
 
 
@@ -363,15 +376,20 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
     # would re-optimize the whole (gated, hence connected) graph so far.
     tok = tokenize(reader.name, layout, runner)
     name, ahead = f"geoseg-blend-{tok}", lookahead()
-    dsk, gates, pieces, reads = {}, [], {}, {}
+    dsk, gates, pieces, reads, prepared = {}, [], {}, {}, {}
     rank: dict = {}  # the group a task serves, to run them in raster order on a cluster
     for n, (k, g) in enumerate(order):
         y0, x0 = layout.y.starts[k], layout.x.starts[groups[g][0]]
         x1 = layout.x.starts[groups[g][1] - 1] + T
         starts = tuple(s - x0 for s in layout.x.starts[groups[g][0]:groups[g][1]])  # the tiles' columns in the window
         gate = TaskRef(gates[n - ahead]) if ahead is not None and n >= ahead else None
+        # the rows shared with the same group one tile row up are taken from its prepared window
+        # (reads, scaling and normalizing 2 * halo of every T rows once instead of twice). Only
+        # where reads are gated (the local scheduler): on a cluster the window would have to travel
+        above = prepared.get((k - 1, g)) if ahead is not None else None
+        keep = T - layout.y.stride if above is not None else 0
         parts = []
-        for piece in reader.pieces(y0, y0 + T, x0, x1):
+        for piece in reader.pieces(y0 + keep, y0 + T, x0, x1) if y0 + keep < layout.ny else ():
             if piece.name not in reads:  # first user: read now (chunks are shared by later groups)
                 reads[piece.name] = key = (f"geoseg-read-{tok}", len(reads))
                 dsk[key] = Task(key, _read, piece.read, gate)
@@ -382,7 +400,9 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
         # the group's input once, then one task per batch of its tiles (so several threads or GPUs
         # share a group, and the last groups do not run alone), then one to blend the batches
         prep = (f"geoseg-prep-{tok}", k, g)
-        dsk[prep] = Task(prep, _prepare, parse_input(tuple(parts)), int(data.shape[0]), y0, x0, x1 - x0, layout, runner.card)
+        dsk[prep] = Task(prep, _prepare, parse_input(tuple(parts)), int(data.shape[0]), y0, x0, x1 - x0, layout, runner.card,
+                         None if above is None else TaskRef(above))
+        prepared[k, g] = prep
         batches = []
         for b in range(0, len(starts), runner.batch_size):
             batches.append((f"geoseg-infer-{tok}", k, g, b))
