@@ -229,16 +229,17 @@ def _prepare(parts: tuple, channels: int, y0: int, x0: int, width: int, layout: 
     group's window is ``width`` pixels wide.
     ``parts`` are the input these tiles cover, as (band, row, col, data)
     (see :mod:`geoseg.sources`): the task fills its own window from them.
-    ``above``, if given, is the same group's prepared window one tile row up:
-    its last ``2 * halo`` rows are this window's first, copied instead of read
-    and normalized again, and ``parts`` cover only the rows below them.
+    ``above``, if given, is the last ``2 * halo`` rows of the same group's
+    prepared window one tile row up (:func:`_last_rows`): they are this
+    window's first, copied instead of read and normalized again, and
+    ``parts`` cover only the rows below them.
     """
     T = layout.size
     keep = 0 if above is None else T - layout.y.stride
     buf = np.empty((channels, T, width), dtype="float32")
     valid = np.empty((T, width), dtype=bool)
     if keep:
-        buf[:, :keep], valid[:keep] = above[0][:, T - keep:], above[1][T - keep:]
+        buf[:, :keep], valid[:keep] = above
     # the parts cover every pixel of the window that lies in the scene: only the overhang is nodata
     top, bottom = min(T, max(keep, -y0)), max(keep, min(T, layout.ny - y0))
     left, right = min(width, max(0, -x0)), max(0, min(width, layout.nx - x0))
@@ -246,6 +247,12 @@ def _prepare(parts: tuple, channels: int, y0: int, x0: int, width: int, layout: 
     fill(buf[:, keep:], y0 + keep, x0, parts)
     _, valid[keep:] = normalize(buf[:, keep:], card, inplace=True)
     return buf, valid
+
+
+def _last_rows(prepared: tuple[np.ndarray, np.ndarray], rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the last ``rows`` rows of a prepared window and of its valid mask."""
+    x, valid = prepared
+    return x[:, -rows:].copy(), valid[-rows:].copy()
 
 
 def _forward(prepared: tuple[np.ndarray, np.ndarray], starts: tuple[int, ...], size: int, runner: Runner):
@@ -376,7 +383,7 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
     # would re-optimize the whole (gated, hence connected) graph so far.
     tok = tokenize(reader.name, layout, runner)
     name, ahead = f"geoseg-blend-{tok}", lookahead()
-    dsk, gates, pieces, reads, prepared = {}, [], {}, {}, {}
+    dsk, gates, pieces, reads, shared = {}, [], {}, {}, {}
     rank: dict = {}  # the group a task serves, to run them in raster order on a cluster
     for n, (k, g) in enumerate(order):
         y0, x0 = layout.y.starts[k], layout.x.starts[groups[g][0]]
@@ -386,7 +393,7 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
         # the rows shared with the same group one tile row up are taken from its prepared window
         # (reads, scaling and normalizing 2 * halo of every T rows once instead of twice). Only
         # where reads are gated (the local scheduler): on a cluster the window would have to travel
-        above = prepared.get((k - 1, g)) if ahead is not None else None
+        above = shared.pop((k - 1, g), None)
         keep = T - layout.y.stride if above is not None else 0
         parts = []
         for piece in reader.pieces(y0 + keep, y0 + T, x0, x1) if y0 + keep < layout.ny else ():
@@ -402,7 +409,14 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
         prep = (f"geoseg-prep-{tok}", k, g)
         dsk[prep] = Task(prep, _prepare, parse_input(tuple(parts)), int(data.shape[0]), y0, x0, x1 - x0, layout, runner.card,
                          None if above is None else TaskRef(above))
-        prepared[k, g] = prep
+        below = []
+        if ahead is not None and k + 1 < len(layout.y.starts):
+            # a copy of the rows the next tile row shares, so this window is freed once its tiles
+            # are blended; made before the group's gate opens, so it never holds the window longer
+            shared[k, g] = (f"geoseg-shared-{tok}", k, g)
+            dsk[shared[k, g]] = Task(shared[k, g], _last_rows, TaskRef(prep), T - layout.y.stride)
+            rank[shared[k, g]] = n
+            below.append(TaskRef(shared[k, g]))
         batches = []
         for b in range(0, len(starts), runner.batch_size):
             batches.append((f"geoseg-infer-{tok}", k, g, b))
@@ -422,7 +436,7 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
                 rank[blend] = n
                 completed.append(TaskRef(blend))
         gates.append((f"geoseg-gate-{tok}", n))
-        dsk[gates[-1]] = Task(gates[-1], _done, TaskRef(group), *completed)
+        dsk[gates[-1]] = Task(gates[-1], _done, TaskRef(group), *completed, *below)
         rank[gates[-1]] = n
     # A distributed scheduler runs no gates (see lookahead): priorities keep it in raster order,
     # so output blocks finish top to bottom (a resumed run then skips the tiles of the top rows)
