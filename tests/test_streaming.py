@@ -210,6 +210,24 @@ def test_memory_does_not_grow_with_scene_height(source):
         assert 0 < tall.of(kind) <= 2 * short.of(kind), (kind, short.peak, tall.peak)
 
 
+def test_prepared_windows_are_not_held_for_the_next_tile_row(monkeypatch):
+    """The next tile row gets a copy of the rows it shares with a group, not the group's window:
+    the windows alive at once stay a few groups' worth, however many groups a row has."""
+    import geoseg.inference
+
+    monkeypatch.setattr(geoseg.inference, "GROUP_PIXELS", 64)  # groups of 4 tiles: 32 groups per row
+    card = make_card(tile_size=32, halo=8)
+    model = Model(card=card, network=SlowNet(2, 2).eval())
+    stack = make_stack(random_scene((160, 2048)), ["red", "nir"], chunks=64)
+    live = LiveBytes()
+    with live, dask.config.set(scheduler="threads", num_workers=2):
+        predict(stack, model, device="cpu").data.compute()
+    window = 2 * 32 * 80 * 4 + 32 * 80  # one group's window: (band, T, 4 tiles + 2 halos) float32, and its mask
+    assert 0 < live.of("geoseg-prep") <= (lookahead() + 4) * window, live.of("geoseg-prep") / window  # a row: 32
+    # what does wait for the next row: its 2 * halo rows of each group, half a window here
+    assert 0 < live.of("geoseg-shared") <= (32 + lookahead()) * window // 2
+
+
 @pytest.mark.parametrize("source", ["windowed", "chunked"])
 def test_reads_wait_for_the_group_ahead_of_them(source):
     card = make_card(tile_size=32, halo=8)
