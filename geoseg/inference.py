@@ -390,9 +390,9 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
         x1 = layout.x.starts[groups[g][1] - 1] + T
         starts = tuple(s - x0 for s in layout.x.starts[groups[g][0]:groups[g][1]])  # the tiles' columns in the window
         gate = TaskRef(gates[n - ahead]) if ahead is not None and n >= ahead else None
-        # the rows shared with the same group one tile row up are taken from its prepared window
-        # (reads, scaling and normalizing 2 * halo of every T rows once instead of twice). Only
-        # where reads are gated (the local scheduler): on a cluster the window would have to travel
+        # the 2 * halo rows shared with the same group one tile row up come from that group, already
+        # normalized (each input row is read, scaled and normalized once, not twice). Only where
+        # reads are gated (the local scheduler): on a cluster the rows would travel between workers
         above = shared.pop((k - 1, g), None)
         keep = T - layout.y.stride if above is not None else 0
         parts = []
@@ -410,7 +410,7 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
         dsk[prep] = Task(prep, _prepare, parse_input(tuple(parts)), int(data.shape[0]), y0, x0, x1 - x0, layout, runner.card,
                          None if above is None else TaskRef(above))
         below = []
-        if ahead is not None and k + 1 < len(layout.y.starts):
+        if ahead is not None and layout.halo and k + 1 < len(layout.y.starts):
             # a copy of the rows the next tile row shares, so this window is freed once its tiles
             # are blended; made before the group's gate opens, so it never holds the window longer
             shared[k, g] = (f"geoseg-shared-{tok}", k, g)
