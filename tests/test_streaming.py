@@ -163,8 +163,8 @@ def test_chunks_are_read_once_and_shared():
 
 
 def test_rows_shared_with_the_tile_row_above_are_read_once():
-    """On the local scheduler a tile row copies the 2 * halo rows it shares with the row above from
-    that row's prepared window: with one tile group per row, every pixel is read exactly once."""
+    """On the local scheduler a tile row gets the 2 * halo rows it shares with the row above from
+    that row, already normalized: with one tile group per row, every pixel is read exactly once."""
     card = make_card(tile_size=32, halo=8)
     model = Model(card=card, network=FakeConvNet(2, 2).eval())
     values = random_scene((101, 60), holes=True)  # a hole and a nodata stripe in shared rows
@@ -221,11 +221,12 @@ def test_prepared_windows_are_not_held_for_the_next_tile_row(monkeypatch):
     stack = make_stack(random_scene((160, 2048)), ["red", "nir"], chunks=64)
     live = LiveBytes()
     with live, dask.config.set(scheduler="threads", num_workers=2):
+        ahead = lookahead()
         predict(stack, model, device="cpu").data.compute()
     window = 2 * 32 * 80 * 4 + 32 * 80  # one group's window: (band, T, 4 tiles + 2 halos) float32, and its mask
-    assert 0 < live.of("geoseg-prep") <= (lookahead() + 4) * window, live.of("geoseg-prep") / window  # a row: 32
+    assert 0 < live.of("geoseg-prep") <= (ahead + 4) * window, live.of("geoseg-prep") / window  # a row: 32
     # what does wait for the next row: its 2 * halo rows of each group, half a window here
-    assert 0 < live.of("geoseg-shared") <= (32 + lookahead()) * window // 2
+    assert 0 < live.of("geoseg-shared") <= (32 + ahead) * window // 2
 
 
 @pytest.mark.parametrize("source", ["windowed", "chunked"])
