@@ -235,7 +235,7 @@ def _prepare(parts: tuple, channels: int, y0: int, x0: int, width: int, layout: 
     ``parts`` cover only the rows below them.
     """
     T = layout.size
-    keep = 0 if above is None else T - layout.y.stride
+    keep = 0 if above is None else len(above[1])
     buf = np.empty((channels, T, width), dtype="float32")
     valid = np.empty((T, width), dtype=bool)
     if keep:
