@@ -210,14 +210,21 @@ _CPU = _CpuShare()
 
 def normalize(strip: np.ndarray, card: ModelCard, *, inplace: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(C, H, W) reflectance with NaN nodata → (normalized with nodata as 0, valid mask)."""
-    mean = np.asarray(card.normalization.mean, dtype="float32")[:, None, None]
-    std = np.asarray(card.normalization.std, dtype="float32")[:, None, None]
-    valid = np.isfinite(strip).all(axis=0)
     x = strip if inplace and strip.dtype == np.float32 else strip.astype("float32")
-    x -= mean
-    x /= std
-    np.copyto(x, 0.0, where=~valid)  # every pixel with a NaN or inf in any band (a mask index is 6x slower)
-    return x, valid
+    x -= _mean(card)
+    return _scaled(x, card)
+
+
+def _mean(card: ModelCard) -> np.ndarray:
+    return np.asarray(card.normalization.mean, dtype="float32")[:, None, None]
+
+
+def _scaled(centred: np.ndarray, card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+    """The rest of :func:`normalize` for (C, H, W) float32 reflectance less the card's mean, in place."""
+    valid = np.isfinite(centred).all(axis=0)  # NaN and inf stay so when the (finite) mean is taken off
+    centred /= np.asarray(card.normalization.std, dtype="float32")[:, None, None]
+    np.copyto(centred, 0.0, where=~valid)  # every pixel with a NaN or inf in any band (a mask index is 6x slower)
+    return centred, valid
 
 
 def _prepare(parts: tuple, channels: int, y0: int, x0: int, width: int, layout: TileLayout, card: ModelCard,
@@ -244,8 +251,8 @@ def _prepare(parts: tuple, channels: int, y0: int, x0: int, width: int, layout: 
     top, bottom = min(T, max(keep, -y0)), max(keep, min(T, layout.ny - y0))
     left, right = min(width, max(0, -x0)), max(0, min(width, layout.nx - x0))
     buf[:, keep:top] = buf[:, bottom:] = buf[:, keep:, :left] = buf[:, keep:, right:] = np.nan
-    fill(buf[:, keep:], y0 + keep, x0, parts)
-    _, valid[keep:] = normalize(buf[:, keep:], card, inplace=True)
+    fill(buf[:, keep:], y0 + keep, x0, parts, less=_mean(card))  # copied and centred in one pass
+    _, valid[keep:] = _scaled(buf[:, keep:], card)
     return buf, valid
 
 

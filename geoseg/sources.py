@@ -255,15 +255,20 @@ def _plan(hlg, name: str, data: dsa.Array):
     return node
 
 
-def fill(buf: np.ndarray, y0: int, x0: int, parts) -> None:
+def fill(buf: np.ndarray, y0: int, x0: int, parts, less: np.ndarray | None = None) -> None:
     """Copy ``parts`` ((first band, row, col, data), ...) into ``buf``, whose
-    pixel (0, 0) is scene pixel (``y0``, ``x0``); pixels no part covers keep their value."""
+    pixel (0, 0) is scene pixel (``y0``, ``x0``); pixels no part covers keep their value.
+    ``less``, if given, is a value per band, (bands, 1, 1), taken off as they are copied."""
     _, h, w = buf.shape
     for b, r, c, block in parts:
         a, z = max(r, y0), min(r + block.shape[1], y0 + h)
         left, right = max(c, x0), min(c + block.shape[2], x0 + w)
         if a < z and left < right:
-            buf[b:b + block.shape[0], a - y0:z - y0, left - x0:right - x0] = block[:, a - r:z - r, left - c:right - c]
+            into, data = buf[b:b + block.shape[0], a - y0:z - y0, left - x0:right - x0], block[:, a - r:z - r, left - c:right - c]
+            if less is None:
+                into[...] = data
+            else:
+                np.subtract(data, less[b:b + block.shape[0]], out=into)
 
 
 def lookahead() -> int | None:
