@@ -128,10 +128,13 @@ def _scale_block(dn: np.ndarray, scale: float, offset: float, nodata: float | No
     if dn.size == 0:
         return out
     nd = _nodata_as(dn.dtype, nodata)
-    # one (y, x) plane at a time, so that it stays in cache through the passes (25 % faster on a
-    # 4 x 256 x 2112 block); the multiply in float32, as np.multiply(dn, float32(scale), dtype=float32)
-    planes = dn.reshape((-1,) + dn.shape[-2:]) if dn.ndim >= 2 else dn.reshape(1, -1)
-    for d, o in zip(planes, out.reshape(planes.shape)):
+    # a few rows of one (y, x) plane at a time (about 64 K pixels), so that they stay in cache through
+    # the passes (a whole plane at a time ran 25 % faster than the whole block on 4 x 256 x 2112; these
+    # pieces another 20 % on 6 x 320 x 2432); the multiply in float32, as np.multiply(dn, float32(scale), dtype=float32)
+    planes = dn.reshape((-1,) + dn.shape[-2:]) if dn.ndim >= 2 else dn.reshape(1, 1, -1)
+    step = max(1, 2**16 // max(1, planes.shape[-1]))
+    pieces = ((d[r:r + step], o[r:r + step]) for d, o in zip(planes, out.reshape(planes.shape)) for r in range(0, len(d), step))
+    for d, o in pieces:
         o[...] = d
         o *= np.float32(scale)
         if offset:
