@@ -17,7 +17,10 @@
     of that network). Seven alternations; the ratio is
     the median of the seven pairs (each end-to-end run against the bare
     forwards right after it), so that a machine whose speed drifts between
-    runs compares like with like.
+    runs compares like with like. Every timed run starts with a full garbage
+    collection, so that none pays for one that objects of an earlier run set
+    off (a full collection walks about 500 000 objects here, ~185 ms with the
+    GIL held).
 (b) Peak RSS predicting a synthetic 4-band scene with a tiny model: one full
     Sentinel-2 tile (10980 x 10980) and a scene of 4x its area (2x each side),
     each in its own process. Goals: < 2 GiB, growing < 20 %.
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -159,6 +163,7 @@ def throughput(workdir: Path, size: int, model) -> dict:
     runner(np.zeros((1, bands, card.tile_size, card.tile_size), "float32"))  # warm-up
 
     def end_to_end() -> float:
+        gc.collect()  # every timed run starts from the same collector state (see the module's docstring)
         t0 = time.perf_counter()
         probs = predict(stack, model, device="cpu")  # the CPU's default batch, as the runner's
         write_prediction(probs, card, workdir / "out", "scene", overwrite=True)
@@ -189,6 +194,7 @@ def throughput(workdir: Path, size: int, model) -> dict:
         with all torch threads, or one stream per core taking the next batch as it
         finishes one (one thread each, as predict runs on the CPU)."""
         batches = [tiles[i:i + run.batch_size] for i in range(0, n, run.batch_size)]
+        gc.collect()
         t0 = time.perf_counter()
         if parallel:
             list(pool.map(run, batches))

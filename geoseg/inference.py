@@ -34,6 +34,7 @@ import dask.array as dsa
 import numpy as np
 import xarray as xr
 
+from geoseg.collector import spare_long_lived
 from geoseg.contract import conform
 from geoseg.cpunet import as_layout, for_cpu
 from geoseg.errors import InputError
@@ -538,12 +539,12 @@ def predict(
     batch_size = batch_size or default_batch_size(device, card.tile_size)
     runner = Runner(card=card, device=device, batch_size=batch_size, card_path=card_path, model=loaded)
 
-    stack = conform(stack, card, resample=resample, check=check)
-    data = _stack_array(stack)
-    ny, nx = data.shape[-2:]
-    layout = TileLayout(int(ny), int(nx), card.tile_size, card.halo)
-
-    probs = _stitched(data, layout, runner)
+    with spare_long_lived():  # checking and building the graph make many objects (see geoseg.collector)
+        stack = conform(stack, card, resample=resample, check=check)
+        data = _stack_array(stack)
+        ny, nx = data.shape[-2:]
+        layout = TileLayout(int(ny), int(nx), card.tile_size, card.halo)
+        probs = _stitched(data, layout, runner)
     coords = {k: v for k, v in stack.coords.items() if set(v.dims) <= {"y", "x"}}
     out = xr.DataArray(probs, dims=("class", "y", "x"), coords=coords, name="probability")
     out = out.assign_coords({"class": card.class_ids, "class_name": ("class", [c.name for c in card.classes])})

@@ -23,6 +23,7 @@ import rasterio.shutil
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
+from geoseg.collector import spare_long_lived
 from geoseg.errors import InputError
 from geoseg.overviews import Pyramid, streamable
 
@@ -123,6 +124,7 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
         _check_writable(Path(spec.path), overwrite)
     arrays, stages, datasets, pyramids = [], [], [], []
     with contextlib.ExitStack() as stack:
+        stack.enter_context(spare_long_lived())  # computing the graph makes many objects (see geoseg.collector)
         # a bounded GDAL block cache: partly written tiles must not grow with the scene. In bytes:
         # rasterio hands the number to GDALSetCacheMax64, so a bare 64 would be 64 bytes (no cache at all)
         cache_mb = int(os.environ.get("GEOSEG_GDAL_CACHEMAX_MB", 64))
