@@ -289,7 +289,7 @@ def _accumulate(prepared: tuple[np.ndarray, np.ndarray], y0: int, x0: int, layou
     whatever the scene's size.
     """
     _, valid = prepared
-    T, m = layout.size, layout.y.margin
+    T, m = layout.size, layout.y.margin  # the same on both axes: one halo
     width = valid.shape[1]
     core = slice(m, T - m)
     acc = np.zeros((K + 1, T - 2 * m, width), dtype="float32")  # the window's rows [m, T - m)
@@ -314,8 +314,8 @@ def _piece(block: tuple[int, int, int, int], y0: int, x0: int, width: int, layou
     reach with positive weight: the group's window (first row ``y0``, columns from ``x0``,
     ``width`` wide) less the zero-weight margins of its tiles."""
     lo, hi, cl, ch = block
-    m, T = layout.y.margin, layout.size
-    return max(lo, y0 + m), min(hi, y0 + T - m, layout.ny), max(cl, x0 + m), min(ch, x0 + width - m, layout.nx)
+    my, mx, T = layout.y.margin, layout.x.margin, layout.size
+    return max(lo, y0 + my), min(hi, y0 + T - my, layout.ny), max(cl, x0 + mx), min(ch, x0 + width - mx, layout.nx)
 
 
 @functools.lru_cache(maxsize=8)
@@ -405,6 +405,7 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
     tok = tokenize(reader.name, layout, runner)
     name, ahead = f"geoseg-blend-{tok}", lookahead()
     dsk, gates, pieces, reads, shared = {}, [], {}, {}, {}
+    overlap = T - layout.y.stride  # the rows a tile row shares with the next: 2 * halo
     rank: dict = {}  # the group a task serves, to run them in raster order on a cluster
     for n, (k, g) in enumerate(order):
         y0, x0 = layout.y.starts[k], layout.x.starts[groups[g][0]]
@@ -415,7 +416,7 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
         # normalized (each input row is read, scaled and normalized once, not twice). Only where
         # reads are gated (the local scheduler): on a cluster the rows would travel between workers
         above = shared.pop((k - 1, g), None)
-        keep = T - layout.y.stride if above is not None else 0
+        keep = overlap if above is not None else 0
         parts = []
         for piece in reader.pieces(y0 + keep, y0 + T, x0, x1) if y0 + keep < layout.ny else ():
             if piece.name not in reads:  # first user: read now (chunks are shared by later groups)
@@ -435,7 +436,7 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
             # a copy of the rows the next tile row shares, so this window is freed once its tiles
             # are blended; made before the group's gate opens, so it never holds the window longer
             shared[k, g] = (f"geoseg-shared-{tok}", k, g)
-            dsk[shared[k, g]] = Task(shared[k, g], _last_rows, TaskRef(prep), T - layout.y.stride)
+            dsk[shared[k, g]] = Task(shared[k, g], _last_rows, TaskRef(prep), overlap)
             rank[shared[k, g]] = n
             below.append(TaskRef(shared[k, g]))
         batches = []
