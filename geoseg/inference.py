@@ -102,9 +102,7 @@ class Runner:
 
     def network(self):
         if self.model is not None:
-            net = self.model.network
-            if next(iter(net.parameters()), None) is not None and str(next(net.parameters()).device) != self.device:
-                net.to(self.device)
+            net = _moved(self.model.network, self.device)
         else:
             net = cached(self.card_path, self.device).network
         # on the CPU: batch norm folded, the card's memory layout (see geoseg.cpunet)
@@ -159,6 +157,29 @@ class Runner:
             if cuda:
                 torch.cuda.synchronize(self.device)  # the copies out, and the reads of ``tiles``, are done
         return out
+
+
+_MOVING = threading.Lock()
+
+
+def _moved(net, device: str):
+    """``net`` with its parameters on ``device``, moved there by the first forward that needs it.
+
+    Checked and moved under one lock: scheduler threads start their forwards
+    together, and a thread that saw the first parameter moved while another
+    thread was still moving the rest, or two moves at once, crashed the
+    process (a segmentation fault on CUDA). ``"cuda"`` means the current device.
+    """
+    import torch
+
+    want = torch.device(device)
+    if want.type == "cuda" and want.index is None:
+        want = torch.device("cuda", torch.cuda.current_device())
+    with _MOVING:
+        first = next(iter(net.parameters()), None)
+        if first is not None and first.device != want:
+            net.to(want)
+    return net
 
 
 class _CpuShare:

@@ -71,3 +71,36 @@ def test_pool_threads_give_the_budget_back_after_each_batch():
 
     with dask.config.set(num_workers=4), ThreadPoolExecutor(1) as pool:
         assert pool.submit(call_then_count).result() == _CPU.budget()
+
+
+def test_a_model_is_moved_once_while_forwards_start_together():
+    """The first forwards of an in-memory model start together on every scheduler thread: one
+    moves it to the runner's device, and none goes on before the move is complete (a thread that
+    saw the first parameter moved while the rest were still moving crashed the process on CUDA)."""
+    from geoseg.inference import _moved
+
+    class Param:
+        device = torch.device("meta")
+
+    class Net:
+        def __init__(self):
+            self.params, self.moves = [Param() for _ in range(4)], 0
+
+        def parameters(self):
+            return iter(self.params)
+
+        def to(self, device):
+            self.moves += 1
+            for p in self.params:
+                threading.Event().wait(0.005)
+                p.device = device
+
+    net, start = Net(), threading.Barrier(8)
+
+    def first_forward(_):
+        start.wait()
+        return all(p.device == torch.device("cpu") for p in _moved(net, "cpu").params)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(first_forward, range(8)))
+    assert net.moves == 1

@@ -58,3 +58,20 @@ def test_batches_and_probabilities_are_page_locked_on_cuda():
     assert torch.from_numpy(p).is_pinned() and p.shape == (6, 3, 128, 128)
     np.testing.assert_allclose(p, runner(np.array(batch)), atol=1e-6)
     assert not torch.from_numpy(Runner(card=model.card, device="cpu", batch_size=4, model=model).empty((1, 2, 8, 8))).is_pinned()
+
+
+def test_in_memory_model_moved_to_the_gpu_by_concurrent_first_forwards():
+    """An in-memory model on the CPU, predicted on CUDA from many scheduler threads at once: moved
+    once, before any forward runs on it (a move racing with forwards crashed the process)."""
+    import dask
+    import xarray as xr
+
+    model = seeded_unet(["red", "nir"])
+    assert next(model.network.parameters()).device.type == "cpu"
+    x = np.random.default_rng(2).uniform(0, 0.4, size=(2, 700, 900)).astype("float32")
+    stack = xr.DataArray(x, dims=("band", "y", "x"), coords={"band": ["red", "nir"]})
+    with dask.config.set(scheduler="threads", num_workers=16):
+        for _ in range(3):
+            p = predict(stack, model, device="cuda", batch_size=2).values
+    assert next(model.network.parameters()).device.type == "cuda"
+    assert np.isfinite(p).all() and np.allclose(p.sum(axis=0), 1, atol=1e-3)
