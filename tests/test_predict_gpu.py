@@ -64,12 +64,12 @@ def test_in_memory_model_moved_to_the_gpu_by_concurrent_first_forwards():
     """An in-memory model on the CPU, predicted on CUDA from many scheduler threads at once: moved
     once, before any forward runs on it (a move racing with forwards crashed the process)."""
     import dask
-    import xarray as xr
+
+    from tests.helpers import make_stack
 
     model = seeded_unet(["red", "nir"])
     assert next(model.network.parameters()).device.type == "cpu"
-    x = np.random.default_rng(2).uniform(0, 0.4, size=(2, 700, 900)).astype("float32")
-    stack = xr.DataArray(x, dims=("band", "y", "x"), coords={"band": ["red", "nir"]})
+    stack = make_stack(np.random.default_rng(2).uniform(0, 0.4, size=(2, 700, 900)), ["red", "nir"], chunks=256)
     with dask.config.set(scheduler="threads", num_workers=16):
         for _ in range(3):
             p = predict(stack, model, device="cuda", batch_size=2).values
