@@ -410,18 +410,6 @@ def _stack_array(stack: xr.DataArray) -> dsa.Array:
     return data.astype("float32")
 
 
-def _filling_rows(layout: TileLayout) -> int:
-    """The tile rows whose tiles are the local scheduler's first forwards, one per thread.
-
-    They read the 2 * halo rows they share with the row above themselves
-    instead of waiting for that row's window: the wait chained them, and
-    threads idled while the first rows were read one after another (16
-    threads, 2048²: the first forward started 0.11 s in, the 16th 0.26 s).
-    One row on 2 threads, where nothing changes.
-    """
-    return -(-local_threads() // len(layout.x.starts))
-
-
 def _read(read: Read, gate) -> np.ndarray:
     """Run one read (``gate``: the task it waits for, unused)."""
     return read()
@@ -467,7 +455,6 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
     name, ahead = f"geoseg-blend-{tok}", lookahead()
     dsk, gates, pieces, reads, shared = {}, [], {}, {}, {}
     overlap = T - layout.y.stride  # the rows a tile row shares with the next: 2 * halo
-    fill = _filling_rows(layout) if ahead is not None else 0  # these read their shared rows themselves
     rank: dict = {}  # the group a task serves, to run them in raster order on a cluster
     for n, (k, g) in enumerate(order):
         y0, x0 = layout.y.starts[k], layout.x.starts[groups[g][0]]
@@ -494,7 +481,7 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
         dsk[prep] = Task(prep, _prepare, parse_input(tuple(parts)), int(data.shape[0]), y0, x0, x1 - x0, layout, runner.card,
                          None if above is None else TaskRef(above))
         below = []
-        if ahead is not None and layout.halo and fill <= k + 1 < len(layout.y.starts):
+        if ahead is not None and layout.halo and k + 1 < len(layout.y.starts):
             # a copy of the rows the next tile row shares, so this window is freed once its tiles
             # are blended; made before the group's gate opens, so it never holds the window longer
             shared[k, g] = (f"geoseg-shared-{tok}", k, g)
