@@ -152,8 +152,10 @@ class Runner:
                 else:
                     logits = net(x)
                 probs = torch.softmax(logits.float(), dim=1)
-                # on CUDA a copy queued after the forward into page-locked memory; all waited for below
-                torch.from_numpy(out[i:i + self.batch_size]).copy_(probs, non_blocking=cuda)
+                if cuda:  # a copy into page-locked memory queued after the forward; all waited for below
+                    torch.from_numpy(out[i:i + self.batch_size]).copy_(probs, non_blocking=True)
+                else:
+                    out[i:i + self.batch_size] = probs.cpu().numpy()
             if cuda:
                 torch.cuda.synchronize(self.device)  # the copies out, and the reads of ``tiles``, are done
         return out
