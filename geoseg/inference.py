@@ -171,8 +171,9 @@ def _moved(net, device: str):
     forwards together, and none may run on a half-moved network. The check
     before compared ``"cuda:0"`` with ``"cuda"``, so every CUDA forward moved
     the network again, outside the GPU lock, while other threads ran forwards
-    on it; a 4096² prediction on an H100 died of a segmentation fault there,
-    and none has since (about 40 more). ``"cuda"`` means the current device.
+    on it; one of about 45 predictions on an H100 (4096²) died of a
+    segmentation fault there, none of about 45 since. ``"cuda"`` means the
+    current device.
     """
     import torch
 
