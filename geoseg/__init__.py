@@ -15,6 +15,10 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
+from geoseg import hugepages
+
+hugepages.enable()  # before torch is imported: torch reads it once
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
