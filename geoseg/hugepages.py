@@ -5,8 +5,10 @@ transparent huge pages when ``THP_MEM_ALLOC_ENABLE=1``. A CPU forward's
 activations are tens of MiB per layer; on 4 KiB pages they cost TLB misses
 and page faults that depend on how fragmented the process's heap is. In a
 whole predict (reading, blending and writing beside the forwards) that made
-each forward of a 4096² scene cost 3-8 % more than the same forward on its
-own; with huge pages the difference was about 1 %.
+each forward of a 4096² scene cost about 5 % more than the same forward on
+its own; with huge pages, about the same (median +0.2 %, six alternations),
+and predict's end-to-end / bare-forward ratio at 4096² rose from 0.864 to
+0.894 (medians of six processes each; see the README's benchmarks).
 
 torch reads the variable once, at its first allocation, so it is set when
 ``geoseg`` is imported, before torch is. A value the user set (``0`` to turn
