@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from geoseg import hugepages
 
-hugepages.enable()  # before torch is imported: torch reads it once
+hugepages.enable()  # before the first tensor: torch reads it once
 
 __version__ = "0.1.0"
 

@@ -10,8 +10,9 @@ its own; with huge pages, about the same (median +0.2 %, six alternations),
 and predict's end-to-end / bare-forward ratio at 4096² rose from 0.864 to
 0.894 (medians of six processes each; see the README's benchmarks).
 
-torch reads the variable once, at its first allocation, so it is set when
-``geoseg`` is imported, before torch is. A value the user set (``0`` to turn
+torch reads the variable once, at its first CPU allocation (not at import),
+so it is set when ``geoseg`` is imported: it applies wherever geoseg is
+imported before the first tensor is made. A value the user set (``0`` to turn
 it off) is kept, and it is only set where the kernel offers huge pages to
 processes that ask for them (``always`` or ``madvise``).
 """
