@@ -154,7 +154,7 @@ class Runner:
                 probs = torch.softmax(logits.float(), dim=1)
                 if cuda:  # a copy into page-locked memory queued after the forward; all waited for below
                     torch.from_numpy(out[i:i + self.batch_size]).copy_(probs, non_blocking=True)
-                else:
+                else:  # on the CPU the plain numpy copy that every CPU benchmark figure was measured with
                     out[i:i + self.batch_size] = probs.cpu().numpy()
             if cuda:
                 torch.cuda.synchronize(self.device)  # the copies out, and the reads of ``tiles``, are done
