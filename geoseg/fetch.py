@@ -10,7 +10,6 @@ offset, nodata becoming NaN. Nothing is read until the result is computed.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +22,7 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 
+from geoseg import envvars
 from geoseg.bands import BandAsset, resolve_bands
 from geoseg.errors import AssetReadError, InputError, RegionError
 from geoseg.grid import target_geobox
@@ -45,8 +45,8 @@ def configure_gdal() -> None:
 
     configure_rio(
         cloud_defaults=True,
-        GDAL_HTTP_MAX_RETRY=int(os.environ.get("GDAL_HTTP_MAX_RETRY", 3)),
-        GDAL_HTTP_RETRY_DELAY=float(os.environ.get("GDAL_HTTP_RETRY_DELAY", 0.5)),
+        GDAL_HTTP_MAX_RETRY=envvars.number("GDAL_HTTP_MAX_RETRY", 3, minimum=0),
+        GDAL_HTTP_RETRY_DELAY=envvars.number("GDAL_HTTP_RETRY_DELAY", 0.5, minimum=0),
     )
     _RIO_CONFIGURED = True
 

@@ -23,6 +23,7 @@ import rasterio.shutil
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
+from geoseg import envvars
 from geoseg.collector import spare_long_lived
 from geoseg.errors import InputError
 from geoseg.overviews import Pyramid, streamable
@@ -127,7 +128,7 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
         stack.enter_context(spare_long_lived())  # computing the graph makes many objects (see geoseg.collector)
         # a bounded GDAL block cache: partly written tiles must not grow with the scene. In bytes:
         # rasterio hands the number to GDALSetCacheMax64, so a bare 64 would be 64 bytes (no cache at all)
-        cache_mb = int(os.environ.get("GEOSEG_GDAL_CACHEMAX_MB", 64))
+        cache_mb = envvars.number("GEOSEG_GDAL_CACHEMAX_MB", 64, minimum=1)
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=cache_mb * 2**20))
         tmp_cogs = [stack.enter_context(atomic_path(spec.path, overwrite=overwrite)) for spec in specs]
         try:

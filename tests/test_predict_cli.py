@@ -117,3 +117,11 @@ def test_unknown_device(card_path, tmp_path, capsys):
     code, err = run(capsys, "predict", card_path, REPO / "catalogs" / "demo", tmp_path / "o", "--bbox", PARIS,
                     "--datetime", "2016", "--device", "tpu")
     assert code == 2 and "unknown device 'tpu'" in err
+
+
+def test_bad_gdal_cache_setting(card_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GEOSEG_GDAL_CACHEMAX_MB", "64MB")
+    code, err = run(capsys, "predict", card_path, REPO / "catalogs" / "demo", tmp_path / "o", "--bbox", PARIS, "--datetime", "2016",
+                    "--device", "cpu")
+    assert code == 2 and "GEOSEG_GDAL_CACHEMAX_MB='64MB' is not a whole number" in err and "GEOSEG_GDAL_CACHEMAX_MB=64" in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -1,0 +1,30 @@
+"""Numbers geoseg reads from environment variables, checked where they are read.
+
+A bad value is refused with the variable, the value and the fix
+(:class:`~geoseg.errors.InputError`, exit code 2 from the CLI), never a bare
+``ValueError`` from ``int()``. An unset or empty variable gives the default.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from geoseg.errors import InputError
+
+
+def number(name: str, default: int | float, *, minimum: int | float | None = None) -> int | float:
+    """``name``'s value as the type of ``default`` (int or float), at least ``minimum``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    kind = type(default)
+    what = "a whole number" if kind is int else "a number"
+    fix = f"set {name} to {what}{'' if minimum is None else f' of at least {minimum}'}, e.g. {name}={default}, or unset it (default {default})"
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise InputError(f"environment variable {name}={raw!r} is not {what}", fix=fix) from None
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
+        raise InputError(f"environment variable {name}={raw!r} is out of range", fix=fix)
+    return value
