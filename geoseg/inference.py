@@ -518,7 +518,9 @@ def _stitched(data: dsa.Array, layout: TileLayout, runner: Runner) -> dsa.Array:
     # A distributed scheduler runs no gates (see lookahead): priorities keep it in raster order,
     # so output blocks finish top to bottom (a resumed run then skips the tiles of the top rows)
     # and pieces wait for their blend no longer than a few groups. dask.order alone finished
-    # blocks in no particular order. (The local scheduler ignores them; its gates do this job.)
+    # blocks in no particular order. Locally the gates do this job; where the local scheduler is told
+    # to honour the priorities too (geoseg.priorities, as geoseg.io does while writing), the oldest
+    # group's ready tasks run first, so no group straggles and drains the gated pipeline.
     annotations = {"priority": functools.partial(_priority, rank, len(order))}
     if runner.device.startswith("cuda") and _cluster_has_gpus():
         annotations["resources"] = _gpu_resources  # inference lands only on the workers that declare a GPU

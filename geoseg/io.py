@@ -23,7 +23,7 @@ import rasterio.shutil
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
-from geoseg import envvars
+from geoseg import envvars, priorities
 from geoseg.collector import spare_long_lived
 from geoseg.errors import InputError
 from geoseg.overviews import Pyramid, streamable
@@ -166,7 +166,8 @@ def write_cogs(specs: Sequence[RasterSpec], geobox: GeoBox, *, blocksize: int = 
                     ds.update_tags(**spec.tags)
                 for i, bt in enumerate(spec.band_tags or [], start=1):
                     ds.update_tags(i, **bt)
-            dsa.store(arrays, [_WindowWriter(ds, p) for ds, p in zip(datasets, pyramids)], lock=False)
+            with priorities.honoured(arrays):  # the local scheduler too runs tasks by their priorities
+                dsa.store(arrays, [_WindowWriter(ds, p) for ds, p in zip(datasets, pyramids)], lock=False)
 
             def finalize(spec: RasterSpec, ds, stage: Path, tmp_cog: Path, arr, pyramid: Pyramid | None) -> None:
                 ds.close()  # writes the last tiles
