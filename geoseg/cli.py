@@ -8,7 +8,6 @@ Set ``GEOSEG_DEBUG=1`` to see tracebacks.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import List, Optional
 
 import typer
 
+from geoseg import envvars
 from geoseg.errors import GeosegError
 
 app = typer.Typer(
@@ -425,7 +425,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     exits = (click.exceptions.Exit, typer.Exit)
     usage = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
     aborts = (click.exceptions.Abort, typer.Abort)
-    debug = os.environ.get("GEOSEG_DEBUG") not in (None, "", "0")
+    try:
+        debug = envvars.switch("GEOSEG_DEBUG", False)
+    except GeosegError as err:
+        _err(f"error: {err}")
+        return err.exit_code
     try:
         result = app(args=argv, standalone_mode=False, prog_name="geoseg")
         return result if isinstance(result, int) else 0

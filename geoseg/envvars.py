@@ -1,8 +1,9 @@
-"""Numbers geoseg reads from environment variables, checked where they are read.
+"""Numbers and switches geoseg reads from environment variables, checked where they are read.
 
 A bad value is refused with the variable, the value and the fix
 (:class:`~geoseg.errors.InputError`, exit code 2 from the CLI), never a bare
-``ValueError`` from ``int()``. An unset or empty variable gives the default.
+``ValueError`` from ``int()`` nor a typo silently read as on or off. An
+unset or empty variable gives the default.
 """
 
 from __future__ import annotations
@@ -28,3 +29,20 @@ def number(name: str, default: int | float, *, minimum: int | float | None = Non
     if not math.isfinite(value) or (minimum is not None and value < minimum):
         raise InputError(f"environment variable {name}={raw!r} is out of range", fix=fix)
     return value
+
+
+ON, OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def switch(name: str, default: bool) -> bool:
+    """``name``'s value as on or off: 1/0, true/false, yes/no, on/off (any case)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() in ON:
+        return True
+    if raw.lower() in OFF:
+        return False
+    raise InputError(f"environment variable {name}={raw!r} is neither on nor off",
+                     fix=f"set {name}=1 to turn it on or {name}=0 to turn it off (or true/false, yes/no, on/off), "
+                         f"or unset it (default {'on' if default else 'off'})")

@@ -35,6 +35,8 @@ import os
 import platform
 import threading
 
+from geoseg import envvars
+
 #: mallopt parameters (glibc's malloc.h)
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
@@ -48,7 +50,7 @@ _state: list[bool] = []  # [applied] once decided
 
 def _left_to_environment() -> bool:
     """Whether the environment turned the setting off or sets the heap itself."""
-    if os.environ.get("GEOSEG_HEAP_TUNING", "1").strip().lower() in ("0", "false", "no", "off"):
+    if not envvars.switch("GEOSEG_HEAP_TUNING", True):
         return True
     return any(name in os.environ for name in ("MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_")) \
         or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")

@@ -45,3 +45,55 @@ def test_gdal_http_settings_are_checked(monkeypatch):
     with pytest.raises(InputError, match="GDAL_HTTP_MAX_RETRY='three' is not a whole number"):
         fetch.configure_gdal()
     assert fetch._RIO_CONFIGURED is False  # nothing half-configured: the next call checks again
+
+
+SWITCH = "GEOSEG_TEST_SWITCH"
+
+
+@pytest.mark.parametrize("raw, expected", [("1", True), ("TRUE", True), (" yes ", True), ("On", True),
+                                           ("0", False), ("false", False), ("NO", False), ("off", False)])
+def test_a_switch_reads_the_usual_spellings(monkeypatch, raw, expected):
+    monkeypatch.setenv(SWITCH, raw)
+    assert envvars.switch(SWITCH, not expected) is expected
+
+
+@pytest.mark.parametrize("default", [True, False])
+def test_an_unset_switch_gives_the_default(monkeypatch, default):
+    monkeypatch.delenv(SWITCH, raising=False)
+    assert envvars.switch(SWITCH, default) is default
+    monkeypatch.setenv(SWITCH, " ")
+    assert envvars.switch(SWITCH, default) is default
+
+
+@pytest.mark.parametrize("raw", ["2", "enabled", "ture", "-1"])
+def test_a_switch_that_is_neither_on_nor_off_is_refused(monkeypatch, raw):
+    monkeypatch.setenv(SWITCH, raw)
+    with pytest.raises(InputError) as err:
+        envvars.switch(SWITCH, False)
+    text = str(err.value)
+    assert f"{SWITCH}={raw!r} is neither on nor off" in text and f"{SWITCH}=1" in text and "default off" in text
+    assert err.value.exit_code == 2
+
+
+@pytest.mark.parametrize("raw, code", [("false", None), ("maybe", 2)])
+def test_geoseg_debug_is_a_switch(monkeypatch, capsys, raw, code):
+    """GEOSEG_DEBUG=false used to turn tracebacks on (anything but 0 did); a typo is now refused by name."""
+    from geoseg.cli import main
+
+    monkeypatch.setenv("GEOSEG_DEBUG", raw)
+    out = main(["search", "/no/such/catalog.json"])
+    err = capsys.readouterr().err
+    if code is None:  # off: the usual message, no traceback, whatever the failure's exit code
+        assert out != 0 and "error:" in err and "Traceback" not in err
+    else:
+        assert out == code and "GEOSEG_DEBUG='maybe' is neither on nor off" in err
+
+
+def test_heap_tuning_is_a_switch(monkeypatch):
+    from geoseg import heap
+
+    monkeypatch.setenv("GEOSEG_HEAP_TUNING", "off")
+    assert heap._left_to_environment() is True
+    monkeypatch.setenv("GEOSEG_HEAP_TUNING", "nope")
+    with pytest.raises(InputError, match="GEOSEG_HEAP_TUNING='nope' is neither on nor off"):
+        heap._left_to_environment()
