@@ -60,8 +60,7 @@ def test_ready_tasks_run_highest_priority_first():
 def test_a_task_without_priority_takes_the_lowest_of_its_dependencies():
     cb = priorities._ReadyByPriority({"a": 5, "b": 1, "c": 9})
     deps = {"a": set(), "b": set(), "c": set(), "ab": {"a", "b"}, "abc": {"ab", "c"}, "c2": {"c"}, "free": set()}
-    dependents = {k: {d for d, ds in deps.items() if k in ds} for k in deps}
-    state = {"dependencies": deps, "dependents": dependents, "ready": ["free", "a", "b", "c"]}
+    state = {"dependencies": deps, "ready": ["free", "a", "b", "c"]}
     cb._start_state(dict.fromkeys(deps), state)
     of = state[cb._STATE_KEY]
     assert (of["ab"], of["abc"], of["c2"], of["free"]) == (1, 1, 9, float("inf"))
@@ -80,7 +79,7 @@ def test_computations_with_none_of_the_keys_are_left_alone():
         out = arr.map_blocks(nested, dtype=int).compute()
     assert out.tolist() == [i + 2 for i in range(6)] and sorted(ran) == list(range(6))
     cb = priorities._ReadyByPriority({"a": 1})
-    state = {"dependencies": {"x": set()}, "dependents": {"x": set()}, "ready": ["x"]}
+    state = {"dependencies": {"x": set()}, "ready": ["x"]}
     cb._start_state({"x": 1}, state)
     assert cb._STATE_KEY not in state
 
