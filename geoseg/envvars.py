@@ -39,10 +39,8 @@ def switch(name: str, default: bool) -> bool:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
-    if raw.lower() in ON:
-        return True
-    if raw.lower() in OFF:
-        return False
+    if (word := raw.lower()) in ON or word in OFF:
+        return word in ON
     raise InputError(f"environment variable {name}={raw!r} is neither on nor off",
                      fix=f"set {name}=1 to turn it on or {name}=0 to turn it off (or true/false, yes/no, on/off), "
                          f"or unset it (default {'on' if default else 'off'})")

@@ -80,7 +80,7 @@ class _ReadyByPriority(Callback):
                 key = stack[-1]
                 if key in of:
                     stack.pop()
-                elif (p := given.get(key, _fused_priority(dsk[key], given))) is not None:
+                elif (p := given[key] if key in given else _fused_priority(dsk[key], given)) is not None:
                     of[key], found = p, True
                     stack.pop()
                 elif todo := [d for d in deps.get(key, ()) if d not in of]:
